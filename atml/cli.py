@@ -1,0 +1,171 @@
+"""Command line: ``atml search|worker|studies``.
+
+User errors (:class:`AtmlError`) become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+from atml import __version__
+from atml.errors import AtmlError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(f"ATML_{name}", default)
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    from atml.storage import DEFAULT_STORAGE
+
+    p.add_argument("--storage", default=_env("STORAGE", DEFAULT_STORAGE),
+                   help="study storage URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB "
+                        "(env ATML_STORAGE; default %(default)s)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="atml", description="AutoML search for ECG classifiers.")
+    ap.add_argument("--version", action="version", version=f"atml {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="run a whole search with local worker processes")
+    s.add_argument("--space", required=True, help="search space YAML (e.g. search_spaces/afib.yaml)")
+    _storage_arg(s)
+    s.add_argument("--workers", type=int, default=int(_env("WORKERS", max(1, os.cpu_count() or 1))),
+                   help="local worker processes (env ATML_WORKERS; default: one per core)")
+    s.add_argument("--threads", type=int, default=int(_env("THREADS", 1)),
+                   help="torch threads per worker (default %(default)s)")
+    s.add_argument("--data", default=None, help="data path overriding data.path (folder of .txt segments or .npz)")
+    s.add_argument("--artifacts", default=_env("ARTIFACTS"),
+                   help="folder for checkpoints, caches and logs (default: beside the SQLite file, else ./studies)")
+    s.add_argument("--study", default=None, help="study name overriding study.name")
+    s.add_argument("--n-trials", type=int, default=None, help="budget override (global, all workers)")
+    s.add_argument("--timeout", type=float, default=None, help="budget override in seconds")
+    s.add_argument("--seed", type=int, default=None, help="sampler seed override")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("-v", "--verbose", action="store_true")
+
+    w = sub.add_parser("worker", help="join an existing study and run trials until its budget is spent")
+    _storage_arg(w)
+    w.add_argument("--study", required=True, help="study name")
+    w.add_argument("--data", default=None, help="local copy of the study's data (default: the stored path)")
+    w.add_argument("--artifacts", default=_env("ARTIFACTS"), help="artifact folder (default as for search)")
+    w.add_argument("--threads", type=int, default=int(_env("THREADS", 1)))
+    w.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval, seconds")
+    w.add_argument("--grace", type=int, default=30, help="seconds without heartbeat before a trial is failed")
+    w.add_argument("--retries", type=int, default=2, help="retries of a trial whose worker died")
+    w.add_argument("--quiet", action="store_true", help="only warnings")
+    w.add_argument("-v", "--verbose", action="store_true")
+
+    st = sub.add_parser("studies", help="list studies with trial counts and best value")
+    _storage_arg(st)
+    st.add_argument("--json", action="store_true")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``atml`` console script."""
+    args = _parser().parse_args(argv)
+    level = logging.DEBUG if getattr(args, "verbose", False) else (
+        logging.WARNING if getattr(args, "quiet", False) or args.command == "search" else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING if level >= logging.WARNING else optuna.logging.INFO)
+        return {"search": _search, "worker": _worker, "studies": _studies}[args.command](args)
+    except AtmlError as e:
+        print(f"atml: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _search(args: argparse.Namespace) -> int:
+    from atml.search import SearchOptions, run_search
+
+    res = run_search(SearchOptions(
+        space_path=args.space, storage=args.storage, workers=args.workers, threads=args.threads,
+        data_path=args.data, artifacts=args.artifacts, study=args.study, n_trials=args.n_trials,
+        timeout=args.timeout, seed=args.seed, progress=not args.no_progress, verbose=args.verbose,
+    ))
+    if args.json:
+        print(json.dumps(res.__dict__, default=str, indent=2))
+    else:
+        _print_summary(res)
+    if res.interrupted:
+        return 130
+    return 0 if res.best is not None else 1
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def _print_summary(res: Any) -> None:
+    c = res.counts
+    print(f"\nstudy {res.study}  ({res.storage})")
+    print(f"  trials: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(c.items())) +
+          f"  in {res.wall_seconds:.0f} s" + (f"  [{res.stop_reason}]" if res.stop_reason else ""))
+    sp = res.split
+    print(f"  data: {sp.get('source')}  shape {sp.get('shape')}  skipped {sp.get('skipped', 0)}")
+    for part in ("train", "val", "test"):
+        info = sp.get(part)
+        if info and info.get("segments"):
+            print(f"    {part:5s} " + ", ".join(f"{k} {_fmt(v)}" for k, v in info.items()))
+    if res.best is None:
+        print("  no trial completed; see the worker logs:", ", ".join(res.worker_logs))
+        return
+    b = res.best
+    print(f"  best trial #{b['number']}: value {_fmt(b['value'])}  ({b['n_params']} parameters, "
+          f"best epoch {b['best_epoch']})")
+    m = b["metrics"]
+    print("    validation: " + "  ".join(f"{k} {_fmt(m[k])}" for k in ("f1", "accuracy", "precision", "recall", "auroc", "val_loss") if k in m))
+    for k, v in b["params"].items():
+        print(f"    {k} = {_fmt(v)}")
+    print(f"    checkpoint: {b['checkpoint']}")
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from atml.search import default_artifacts
+    from atml.worker import WorkerOptions, run_worker
+
+    n = run_worker(WorkerOptions(
+        storage=args.storage, study=args.study, data_path=args.data,
+        artifacts=args.artifacts or default_artifacts(args.storage), threads=args.threads,
+        heartbeat_interval=args.heartbeat, grace_period=args.grace, max_retry=args.retries,
+    ))
+    logging.getLogger("atml.worker").info("worker ran %d trials", n)
+    return 0
+
+
+def _studies(args: argparse.Namespace) -> int:
+    from atml.storage import list_studies, open_storage
+
+    rows = list_studies(open_storage(args.storage))
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], default=str, indent=2))
+        return 0
+    if not rows:
+        print("no studies")
+        return 0
+    print(f"{'study':24s} {'metric':8s} {'direction':9s} {'complete':>8s} {'pruned':>7s} {'fail':>5s} "
+          f"{'running':>7s} {'best':>8s}  stop reason")
+    for r in rows:
+        c = r.counts
+        best = "-" if r.best_value is None else f"{r.best_value:.4f}"
+        print(f"{r.name:24s} {r.metric:8s} {','.join(r.directions):9s} {c.get('COMPLETE', 0):8d} "
+              f"{c.get('PRUNED', 0):7d} {c.get('FAIL', 0):5d} {c.get('RUNNING', 0):7d} {best:>8s}  "
+              f"{r.stop_reason or ''}")
+    return 0

@@ -1,0 +1,39 @@
+"""Data loading for atml: readers for user formats, synthetic ECG, subject splits, caching."""
+
+from __future__ import annotations
+
+from atml.data.cache import Dataset, load_dataset, load_test_dataset
+from atml.data.preprocess import DataSpec, map_labels, normalize, subsample
+from atml.data.readers import (
+    READERS,
+    NpzStream,
+    RawData,
+    detect_format,
+    read_iesd_folder,
+    read_npz,
+    shared_data_dir,
+)
+from atml.data.splits import Split, subject_split
+from atml.data.synthetic import SyntheticTruth, generate_synthetic, synthetic_ecg
+
+__all__ = [
+    "READERS",
+    "DataSpec",
+    "Dataset",
+    "NpzStream",
+    "RawData",
+    "Split",
+    "SyntheticTruth",
+    "detect_format",
+    "generate_synthetic",
+    "load_dataset",
+    "load_test_dataset",
+    "map_labels",
+    "normalize",
+    "read_iesd_folder",
+    "read_npz",
+    "shared_data_dir",
+    "subject_split",
+    "subsample",
+    "synthetic_ecg",
+]

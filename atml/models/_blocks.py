@@ -1,0 +1,184 @@
+"""Layers and hyperparameter checks shared by every model family.
+
+Everything here is chosen to trace cleanly through ``torch.onnx.export``
+(opset 17) and to run under onnxruntime: plain Conv1d/BatchNorm1d/ReLU,
+global pooling as ``mean`` over the time axis, no in-place ops.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import torch
+from torch import nn
+
+from atml.errors import SpaceError
+
+
+def _bad(family: str, name: str, value: Any, rule: str) -> SpaceError:
+    return SpaceError(
+        f"invalid value for '{name}' in model family '{family}': {value!r} ({rule})"
+    )
+
+
+def check_int(
+    family: str, name: str, value: Any, *, low: int, high: int | None = None
+) -> int:
+    """Return ``value`` as ``int`` or raise :class:`SpaceError` naming it.
+
+    ``bool`` is rejected although it is an ``Integral``: ``width: true`` in a
+    YAML file is a typo, not 1.  Integral floats (``8.0``) are rejected too so
+    a float range accidentally used for an int parameter is caught early.
+    """
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise _bad(family, name, value, "must be an integer")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        rule = f"must be >= {low}" if high is None else f"must be in [{low}, {high}]"
+        raise _bad(family, name, value, rule)
+    return value
+
+
+def check_float(
+    family: str,
+    name: str,
+    value: Any,
+    *,
+    low: float,
+    high: float,
+    high_inclusive: bool = False,
+) -> float:
+    """Return ``value`` as ``float`` in ``[low, high)`` (or ``[low, high]``)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise _bad(family, name, value, "must be a number")
+    value = float(value)
+    ok = low <= value <= high if high_inclusive else low <= value < high
+    if not ok or math.isnan(value):
+        bracket = "]" if high_inclusive else ")"
+        raise _bad(family, name, value, f"must be in [{low}, {high}{bracket}")
+    return value
+
+
+def check_kernel(family: str, name: str, value: Any, *, low: int = 1) -> int:
+    """Kernel sizes must be odd so ``padding = k // 2`` keeps 'same' lengths.
+
+    Odd kernels are what make residual additions line up for every input
+    length, and they guarantee a strided conv never produces length 0.
+    """
+    value = check_int(family, name, value, low=low)
+    if value % 2 == 0:
+        raise _bad(family, name, value, "must be odd")
+    return value
+
+
+def check_common(
+    family: str,
+    *,
+    in_channels: Any,
+    n_classes: Any,
+    width: Any,
+    depth: Any,
+    kernel_size: Any,
+    dropout: Any,
+    stem_stride: Any,
+) -> None:
+    """Validate the arguments every family shares."""
+    check_int(family, "in_channels", in_channels, low=1)
+    check_int(family, "n_classes", n_classes, low=1)
+    check_int(family, "width", width, low=1)
+    check_int(family, "depth", depth, low=1)
+    check_kernel(family, "kernel_size", kernel_size, low=3)
+    check_float(family, "dropout", dropout, low=0.0, high=1.0)
+    check_int(family, "stem_stride", stem_stride, low=1)
+
+
+def scaled_channels(width: int, growth: float, stage: int, divisor: int = 1) -> int:
+    """Channels of ``stage``: ``width * growth**stage`` rounded to ``divisor``.
+
+    Rounding to a multiple of ``divisor`` is what lets grouped 1x1 convs
+    (ShuffleNet style) accept any ``width``/``groups`` combination instead of
+    rejecting most random search points.
+    """
+    raw = width * growth**stage
+    return max(divisor, int(round(raw / divisor)) * divisor)
+
+
+def stem_kernel(kernel_size: int, stem_stride: int) -> int:
+    """Kernel of a strided stem: at least ``stem_stride`` so no input sample
+    is skipped (a kernel 3 / stride 4 stem would ignore every 4th sample)."""
+    return max(kernel_size, make_odd(stem_stride))
+
+
+def make_odd(k: int) -> int:
+    """Smallest odd integer >= ``k`` (and >= 1)."""
+    k = max(1, int(k))
+    return k if k % 2 == 1 else k + 1
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv1d (no bias, BN follows) -> BatchNorm1d -> optional ReLU."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        act: bool = True,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv1d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=kernel_size // 2,
+                groups=groups,
+                bias=False,
+            ),
+            nn.BatchNorm1d(out_channels),
+        ]
+        if act:
+            layers.append(nn.ReLU())
+        super().__init__(*layers)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation over channels (Hu et al. 2018), 1D version.
+
+    Implemented with 1x1 convs on the pooled ``(B, C, 1)`` tensor so no
+    reshapes are needed, which keeps the ONNX graph free of dynamic shapes.
+    """
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc1 = nn.Conv1d(channels, hidden, 1)
+        self.fc2 = nn.Conv1d(hidden, channels, 1)
+        self.act = nn.ReLU()
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=-1, keepdim=True)
+        s = self.gate(self.fc2(self.act(self.fc1(s))))
+        return x * s
+
+
+class ClassifierHead(nn.Module):
+    """Global average pooling over time -> dropout -> linear logits.
+
+    ``mean`` over the last axis (not AdaptiveAvgPool with size > 1) is what
+    makes every model length-agnostic and ONNX/onnxruntime friendly.
+    """
+
+    def __init__(self, in_channels: int, n_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_channels, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(x.mean(dim=-1)))

@@ -1,0 +1,131 @@
+"""AFNet: the tiny strided CNN with squeeze-and-excitation (ATML baseline).
+
+This is the original ATML baseline family for IESD-2024 AFIB detection: a
+handful of strided conv-BN-ReLU blocks, each followed by SE attention, then
+global average pooling and a linear head.  Defaults give ~14k parameters
+(~60 KB float32 ONNX), the regime the "small model" search targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from atml.models._blocks import (
+    ClassifierHead,
+    ConvBNAct,
+    SqueezeExcite,
+    check_common,
+    check_float,
+    check_int,
+    scaled_channels,
+    stem_kernel,
+)
+
+FAMILY = "afnet"
+
+# Ranges the lead can copy into a search-space YAML (informational only).
+# growth is capped at 1.5 so width 16 / depth 5 stays around 100k params: this
+# family is meant to be the tiny one.
+SPACE_HINT: dict[str, Any] = {
+    "width": (4, 16),
+    "depth": (2, 5),
+    "kernel_size": [3, 5, 7, 9],
+    "dropout": (0.0, 0.5),
+    "growth": (1.0, 1.5),
+    "se_reduction": [0, 2, 4, 8],
+    "stride": [1, 2, 3],
+    "stem_stride": [2, 4],
+}
+
+
+class AFNet(nn.Module):
+    """Tiny 1D CNN: strided stem, ``depth`` conv-BN-ReLU(-SE) blocks, GAP, linear.
+
+    Input ``(batch, in_channels, samples)`` float32, output raw logits
+    ``(batch, n_classes)``.
+
+    Parameters
+    ----------
+    in_channels, n_classes:
+        Number of ECG leads and of output classes.
+    width:
+        Channels produced by the stem; block ``i`` has
+        ``round(width * growth**(i + 1))`` channels.
+    depth:
+        Number of conv blocks after the stem.
+    kernel_size:
+        Odd kernel size of the stem and every block.
+    dropout:
+        Dropout before the linear head, in ``[0, 1)``.
+    growth:
+        Channel multiplier per block, >= 1.
+    se_reduction:
+        SE bottleneck ratio; 0 disables SE (saves parameters in tiny configs).
+    stride:
+        Temporal downsampling of each block.
+    stem_stride:
+        Downsampling of the stem; long inputs get shortened early so compute
+        stays small.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        n_classes: int,
+        width: int = 8,
+        depth: int = 4,
+        kernel_size: int = 7,
+        dropout: float = 0.1,
+        growth: float = 1.5,
+        se_reduction: int = 4,
+        stride: int = 2,
+        stem_stride: int = 4,
+    ) -> None:
+        super().__init__()
+        check_common(
+            FAMILY,
+            in_channels=in_channels,
+            n_classes=n_classes,
+            width=width,
+            depth=depth,
+            kernel_size=kernel_size,
+            dropout=dropout,
+            stem_stride=stem_stride,
+        )
+        check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
+        check_int(FAMILY, "se_reduction", se_reduction, low=0)
+        check_int(FAMILY, "stride", stride, low=1)
+        self.hparams: dict[str, Any] = {
+            "in_channels": in_channels,
+            "n_classes": n_classes,
+            "width": width,
+            "depth": depth,
+            "kernel_size": kernel_size,
+            "dropout": dropout,
+            "growth": growth,
+            "se_reduction": se_reduction,
+            "stride": stride,
+            "stem_stride": stem_stride,
+        }
+
+        self.stem = ConvBNAct(
+            in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride
+        )
+        blocks: list[nn.Module] = []
+        channels = width
+        for i in range(depth):
+            out = scaled_channels(width, growth, i + 1)
+            blocks.append(ConvBNAct(channels, out, kernel_size, stride=stride))
+            if se_reduction > 0:
+                blocks.append(SqueezeExcite(out, se_reduction))
+            channels = out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = ClassifierHead(channels, n_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, C, T)`` signals to ``(B, n_classes)`` logits."""
+        return self.head(self.blocks(self.stem(x)))

@@ -1,0 +1,175 @@
+"""SepNet: depthwise-separable inverted residuals (MobileNetV2 / ShuffleNet style).
+
+Each stage is a strided inverted-residual block followed by a stride-1 one
+with an identity shortcut.  ``groups > 1`` makes the 1x1 convs grouped and
+adds a channel shuffle after the expansion, as in ShuffleNet, which cuts the
+dominant pointwise cost by ``groups``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from atml.models._blocks import (
+    ClassifierHead,
+    ConvBNAct,
+    check_common,
+    check_float,
+    check_int,
+    scaled_channels,
+    stem_kernel,
+)
+
+FAMILY = "sepnet"
+
+# Informational ranges for the search-space YAML.
+SPACE_HINT: dict[str, Any] = {
+    "width": (8, 32),
+    "depth": (2, 5),
+    "kernel_size": [3, 5, 7, 9, 11, 15],
+    "dropout": (0.0, 0.5),
+    "expansion": (1, 6),
+    "groups": [1, 2, 4],
+    "growth": (1.0, 1.5),
+    "stem_stride": [2, 4],
+}
+
+
+class ChannelShuffle(nn.Module):
+    """Interleave channels across ``groups`` (ShuffleNet).
+
+    unflatten/transpose/flatten only touch the channel axis, so the exported
+    ONNX graph keeps a dynamic batch and time axis.
+    """
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        x = x.unflatten(1, (self.groups, c // self.groups))
+        return x.transpose(1, 2).flatten(1, 2)
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand -> depthwise kxk (stride) -> 1x1 linear projection (+ skip)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int,
+        stride: int,
+        expansion: int,
+        groups: int,
+    ) -> None:
+        super().__init__()
+        mid = in_channels * expansion
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers.append(ConvBNAct(in_channels, mid, 1, groups=groups))
+        if groups > 1:
+            # Without a shuffle between the grouped 1x1 convs, information
+            # would never cross groups (also when the expansion conv is absent).
+            layers.append(ChannelShuffle(groups))
+        layers.append(ConvBNAct(mid, mid, kernel_size, stride=stride, groups=mid))
+        # Linear bottleneck: no ReLU after the projection (MobileNetV2).
+        layers.append(ConvBNAct(mid, out_channels, 1, groups=groups, act=False))
+        self.body = nn.Sequential(*layers)
+        self.use_skip = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.use_skip else y
+
+
+class SepNet(nn.Module):
+    """Depthwise-separable CNN: stem, ``depth`` stages of two inverted residuals.
+
+    Parameters
+    ----------
+    in_channels, n_classes:
+        Number of ECG leads and of output classes.
+    width:
+        Stem channels (rounded up to a multiple of ``groups``); stage ``i``
+        has ``width * growth**(i + 1)`` channels, also rounded to ``groups``.
+    depth:
+        Number of stages; each halves the time axis.
+    kernel_size:
+        Odd kernel of the stem and of the depthwise convs (cheap, so large
+        kernels are affordable here).
+    dropout:
+        Dropout before the linear head, in ``[0, 1)``.
+    expansion:
+        Inverted-residual expansion ratio; 1 drops the expansion conv.
+    groups:
+        Groups of the 1x1 convs; > 1 adds a channel shuffle.
+    growth:
+        Channel multiplier per stage, >= 1.
+    stem_stride:
+        Downsampling of the stem conv.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        n_classes: int,
+        width: int = 16,
+        depth: int = 4,
+        kernel_size: int = 9,
+        dropout: float = 0.1,
+        expansion: int = 4,
+        groups: int = 1,
+        growth: float = 1.5,
+        stem_stride: int = 4,
+    ) -> None:
+        super().__init__()
+        check_common(
+            FAMILY,
+            in_channels=in_channels,
+            n_classes=n_classes,
+            width=width,
+            depth=depth,
+            kernel_size=kernel_size,
+            dropout=dropout,
+            stem_stride=stem_stride,
+        )
+        check_int(FAMILY, "expansion", expansion, low=1)
+        check_int(FAMILY, "groups", groups, low=1)
+        check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
+        self.hparams: dict[str, Any] = {
+            "in_channels": in_channels,
+            "n_classes": n_classes,
+            "width": width,
+            "depth": depth,
+            "kernel_size": kernel_size,
+            "dropout": dropout,
+            "expansion": expansion,
+            "groups": groups,
+            "growth": growth,
+            "stem_stride": stem_stride,
+        }
+
+        channels = scaled_channels(width, 1.0, 0, divisor=groups)
+        self.stem = ConvBNAct(
+            in_channels, channels, stem_kernel(kernel_size, stem_stride), stride=stem_stride
+        )
+        blocks: list[nn.Module] = []
+        for i in range(depth):
+            out = scaled_channels(width, growth, i + 1, divisor=groups)
+            common = {"kernel_size": kernel_size, "expansion": expansion, "groups": groups}
+            blocks.append(InvertedResidual(channels, out, stride=2, **common))
+            blocks.append(InvertedResidual(out, out, stride=1, **common))
+            channels = out
+        self.blocks = nn.Sequential(*blocks)
+        self.head = ClassifierHead(channels, n_classes, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map ``(B, C, T)`` signals to ``(B, n_classes)`` logits."""
+        return self.head(self.blocks(self.stem(x)))

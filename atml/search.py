@@ -1,0 +1,311 @@
+"""``atml search``: validate everything, create the study once, run local workers.
+
+Order matters: the space and the data are validated (and the data cached) before the
+study row exists, so a bad YAML or bad data leaves nothing behind; the study and its
+tables are created once here, before any worker starts, because concurrent schema
+creation races.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from atml.errors import DataError, SpaceError
+from atml.objective import data_spec
+from atml.space import SearchSpace, load_space
+from atml.storage import SPACE_ATTR, open_storage, sqlite_path
+from atml.worker import DEADLINE_ATTR, STOP_ATTR
+
+__all__ = ["SearchOptions", "SearchResult", "run_search", "default_artifacts", "check_data"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    space_path: str
+    storage: str
+    workers: int = 2
+    threads: int = 1
+    data_path: str | None = None
+    artifacts: str | None = None
+    study: str | None = None
+    n_trials: int | None = None
+    timeout: float | None = None
+    seed: int | None = None
+    progress: bool = True
+    verbose: bool = False
+
+
+@dataclass
+class SearchResult:
+    study: str
+    storage: str
+    artifacts: str
+    counts: dict[str, int]
+    best: dict[str, Any] | None
+    split: dict[str, Any]
+    data_source: str
+    stop_reason: str | None
+    wall_seconds: float
+    interrupted: bool = False
+    worker_logs: list[str] = field(default_factory=list)
+
+
+def default_artifacts(storage: str) -> str:
+    """Artifacts live beside a SQLite file, else in ./studies."""
+    p = sqlite_path(storage)
+    return str(p.parent) if p is not None else "studies"
+
+
+def check_data(space: SearchSpace, data_path: str | None, artifacts: str) -> dict[str, Any]:
+    """Load (and cache) the data once and split it; raises DataError on bad data."""
+    from atml.data import load_dataset
+
+    spec = data_spec(space.data, data_path)
+    ds = load_dataset(spec, Path(artifacts) / "cache")
+    split = ds.split(spec)
+    summary = dict(split.summary())
+    summary["source"] = ds.source
+    summary["skipped"] = ds.skipped
+    summary["shape"] = [int(ds.n_leads), int(ds.n_samples)]
+    return summary
+
+
+def _with_overrides(space: SearchSpace, opts: SearchOptions) -> SearchSpace:
+    import dataclasses
+
+    from atml.space import Budget
+
+    budget = Budget(
+        n_trials=opts.n_trials if opts.n_trials is not None else space.budget.n_trials,
+        timeout=opts.timeout if opts.timeout is not None else space.budget.timeout,
+    )
+    study = space.study
+    if opts.study:
+        study = dataclasses.replace(study, name=opts.study)
+    if opts.seed is not None:
+        study = dataclasses.replace(study, sampler={**study.sampler, "seed": opts.seed})
+    raw = json.loads(json.dumps(space.raw))
+    raw["budget"] = {k: v for k, v in (("n_trials", budget.n_trials), ("timeout", budget.timeout)) if v is not None}
+    raw["study"] = {**raw["study"], "name": study.name, "sampler": study.sampler}
+    if opts.data_path is not None:
+        raw["data"] = {**raw["data"], "path": str(Path(opts.data_path).resolve())}
+    return dataclasses.replace(space, study=study, budget=budget, raw=raw)
+
+
+def _comparable(raw: dict[str, Any]) -> str:
+    """The parts of a space that must not change when a study is resumed."""
+    r = {k: v for k, v in raw.items() if k != "budget"}
+    return json.dumps(r, sort_keys=True)
+
+
+def _create_or_resume(space: SearchSpace, storage_url: str) -> tuple[Any, bool]:
+    storage = open_storage(storage_url, create=True)
+    names = [s.study_name for s in storage.get_all_studies()]
+    name = space.study.name
+    payload = json.dumps({"source": space.source, "raw": space.raw}, sort_keys=True)
+    if name in names:
+        sid = storage.get_study_id_from_name(name)
+        attrs = storage.get_study_user_attrs(sid)
+        old = json.loads(attrs.get(SPACE_ATTR, "{}")).get("raw")
+        if old is not None and _comparable(old) != _comparable(space.raw):
+            raise SpaceError(
+                f"{space.source}: study {name!r} already exists with a different search space "
+                "(only budget may change on resume; use another study.name or --study)"
+            )
+        storage.set_study_user_attr(sid, SPACE_ATTR, payload)
+        storage.set_study_user_attr(sid, STOP_ATTR, None)
+        return storage, True
+    study = optuna.create_study(storage=storage, study_name=name, direction=space.study.direction)
+    study.set_user_attr(SPACE_ATTR, payload)
+    study.set_user_attr("atml.metric", space.study.metric)
+    return storage, False
+
+
+def _counts(study: optuna.Study) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _best(study: optuna.Study, artifacts: str) -> dict[str, Any] | None:
+    try:
+        bt = study.best_trial
+    except ValueError:
+        return None
+    ck = bt.user_attrs.get("checkpoint")
+    return {
+        "number": bt.number,
+        "value": bt.value,
+        "params": bt.params,
+        "metrics": bt.user_attrs.get("metrics", {}),
+        "n_params": bt.user_attrs.get("n_params"),
+        "best_epoch": bt.user_attrs.get("best_epoch"),
+        "checkpoint": str(Path(artifacts) / study.study_name / ck) if ck else None,
+    }
+
+
+def _spawn(opts: SearchOptions, study: str, artifacts: str, storage_url: str, log_dir: Path) -> list[tuple[subprocess.Popen, Path]]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads))
+    procs = []
+    for i in range(opts.workers):
+        cmd = [sys.executable, "-m", "atml", "worker", "--storage", storage_url, "--study", study,
+               "--artifacts", artifacts, "--threads", str(opts.threads), "--quiet"]
+        if opts.data_path is not None:
+            cmd += ["--data", str(Path(opts.data_path).resolve())]
+        if opts.verbose:
+            cmd.append("--verbose")
+        path = log_dir / f"worker-{i}.log"
+        fh = open(path, "ab")
+        # Own process group: Ctrl-C reaches the workers only through us, so we can
+        # decide the order (stop them, then clean up) instead of racing them.
+        procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True), path))
+        fh.close()
+    return procs
+
+
+def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
+    """Run a whole search; returns the summary (the CLI prints it)."""
+    t0 = time.time()
+    if opts.workers < 1:
+        raise SpaceError(f"--workers must be >= 1 (got {opts.workers})")
+    space = _with_overrides(load_space(opts.space_path), opts)
+    if opts.data_path is not None and not Path(opts.data_path).exists():
+        raise DataError(f"--data: no such file or directory: {opts.data_path}")
+    artifacts = opts.artifacts or default_artifacts(opts.storage)
+    split = check_data(space, opts.data_path, artifacts)
+    storage, resumed = _create_or_resume(space, opts.storage)
+    name = space.study.name
+    study = optuna.load_study(study_name=name, storage=storage)
+    if space.budget.timeout is not None:
+        study.set_user_attr(DEADLINE_ATTR, time.time() + space.budget.timeout)
+    else:
+        study.set_user_attr(DEADLINE_ATTR, None)
+    log_dir = Path(artifacts) / name / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = _spawn(opts, name, artifacts, opts.storage, log_dir)
+    interrupted = False
+    bar = _Progress(space, enabled=opts.progress)
+    try:
+        while any(p.poll() is None for p, _ in procs):
+            state = _poll(study, procs)
+            bar.update(state)
+            if on_progress:
+                on_progress(state)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        interrupted = True
+        bar.note("stopping workers (Ctrl-C again to force)...")
+        _stop_workers(procs)
+        study.set_user_attr(STOP_ATTR, "interrupted (Ctrl-C)")
+    finally:
+        _fail_orphans(study, procs)
+        bar.update(_poll(study, procs))
+        bar.close()
+    codes = [p.returncode for p, _ in procs]
+    if not interrupted and any(c not in (0, None) for c in codes):
+        tails = [_tail(path) for (p, path) in procs if p.returncode not in (0, None)]
+        log.error("worker exited with %s: %s", codes, tails[0] if tails else "")
+    return SearchResult(
+        study=name, storage=opts.storage, artifacts=artifacts, counts=_counts(study),
+        best=_best(study, artifacts), split=split, data_source=split.get("source", ""),
+        stop_reason=study.user_attrs.get(STOP_ATTR), wall_seconds=time.time() - t0,
+        interrupted=interrupted, worker_logs=[str(p) for _, p in procs],
+    )
+
+
+def _tail(path: Path, n: int = 3) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])
+
+
+def _poll(study: optuna.Study, procs: list) -> dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    best = None
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            if best is None or sign * t.value > sign * best:
+                best = t.value
+    return {"counts": counts, "best": best, "alive": sum(p.poll() is None for p, _ in procs)}
+
+
+def _stop_workers(procs: list, grace: float = 30.0) -> None:
+    for p, _ in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.time() + grace
+    for p, _ in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _fail_orphans(study: optuna.Study, procs: list) -> None:
+    """Mark RUNNING trials of our (now dead) workers FAIL so none stays RUNNING."""
+    host = os.uname().nodename
+    dead = {f"{host}:{p.pid}" for p, _ in procs if p.poll() is not None}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("worker") in dead:
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, "reason", "worker stopped before the trial ended")
+                study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            except Exception:  # finished meanwhile: nothing to clean
+                log.debug("trial %d finished while cleaning up", t.number)
+
+
+class _Progress:
+    def __init__(self, space: SearchSpace, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = space.budget.n_trials
+        self.metric = space.study.metric
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            tty = sys.stderr.isatty()
+            self.bar = tqdm(total=self.total, unit="trial", dynamic_ncols=True, file=sys.stderr,
+                            desc=space.study.name, mininterval=0.5 if tty else 30.0)
+
+    def update(self, state: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        c = state["counts"]
+        done = c.get("COMPLETE", 0) + c.get("PRUNED", 0)
+        self.bar.n = done if self.total is None else min(done, self.total)
+        best = "-" if state["best"] is None else f"{state['best']:.4f}"
+        self.bar.set_postfix_str(
+            f"best {self.metric}={best} pruned={c.get('PRUNED', 0)} failed={c.get('FAIL', 0)} "
+            f"workers={state['alive']}", refresh=False)
+        self.bar.update(0)  # redraws at most every mininterval
+
+    def note(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

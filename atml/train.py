@@ -1,0 +1,210 @@
+"""Fit and evaluate one model configuration: no Optuna, no storage, plain tensors.
+
+Early stopping follows ATML's rule: stop once the validation loss has not improved for
+``patience`` epochs *and* the training loss is below the validation loss by more than
+``gap`` (the model overfits rather than still learning). The study objective is reported
+after every epoch through ``report``, which may raise to prune the trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from atml.metrics import binary_metrics
+
+__all__ = ["TrainConfig", "TrainResult", "Interrupted", "fit", "predict_proba", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Raised inside the training loop when the worker was asked to stop (Ctrl-C, SIGTERM)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1.5e-3
+    weight_decay: float = 1e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    class_weighted: bool = False
+    label_smoothing: float = 0.0
+    patience: int = 5
+    gap: float = 0.0
+    lr_factor: float = 0.5
+    lr_patience: int = 2
+    min_epochs: int = 1
+    seed: int = 0
+    metric: str = "f1"
+    direction: str = "maximize"
+
+    @classmethod
+    def from_params(cls, train: dict[str, Any], **extra: Any) -> "TrainConfig":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in {**train, **extra}.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    epochs_run: int
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+    stopped_early: bool = False
+    epoch_seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("state_dict")
+        return d
+
+
+def _objective(metrics: dict[str, float], metric: str) -> float:
+    return float(metrics["val_loss"] if metric == "val_loss" else metrics[metric])
+
+
+def _better(a: float, b: float, direction: str) -> bool:
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    return a > b if direction == "maximize" else a < b
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+    )
+
+
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and logits for ``x`` (eval mode, no grad)."""
+    model.eval()
+    logits = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            logits.append(model(x[i : i + batch_size]))
+    out = torch.cat(logits) if logits else torch.empty(0, 2)
+    return torch.softmax(out, dim=1).numpy(), out.numpy()
+
+
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module | None = None
+) -> dict[str, float]:
+    """Validation metrics (binary, class 1 positive) and mean loss."""
+    proba, logits = predict_proba(model, x)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    with torch.no_grad():
+        loss = float(loss_fn(torch.from_numpy(logits), y)) if len(y) else math.nan
+    m = binary_metrics(y.numpy(), proba[:, 1])
+    m["val_loss"] = loss
+    return m
+
+
+def fit(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    cfg: TrainConfig,
+    report: Callable[[int, float, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train ``model`` and return the best epoch's metrics and weights.
+
+    ``report(epoch, objective, metrics)`` is called after each epoch and may raise (e.g.
+    ``optuna.TrialPruned``) to stop; ``should_stop()`` is polled every batch and makes
+    the loop raise :class:`Interrupted`.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_classes = int(model(x_train[:1]).shape[1]) if len(x_train) else 2
+    weight = None
+    if cfg.class_weighted:
+        counts = torch.bincount(y_train, minlength=n_classes).clamp(min=1).float()
+        weight = counts.sum() / (n_classes * counts)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    eval_loss = nn.CrossEntropyLoss()
+    opt = _optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=cfg.lr_factor or 0.5, patience=cfg.lr_patience
+    )
+    best_obj, best_epoch, best_loss = math.nan, -1, math.inf
+    best_state: dict[str, torch.Tensor] = {}
+    best_metrics: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    since_loss_improved = 0
+    stopped_early = False
+    n = len(x_train)
+    t_epochs = 0.0
+    epoch = 0
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        total, seen = 0.0, 0
+        for i in range(0, n, cfg.batch_size):
+            if should_stop is not None and should_stop():
+                raise Interrupted("worker asked to stop")
+            idx = perm[i : i + cfg.batch_size]
+            if len(idx) < 2 and seen:  # a batch of one breaks BatchNorm in train mode
+                continue
+            xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+        train_loss = total / max(seen, 1)
+        m = evaluate(model, x_val, y_val, eval_loss)
+        t_epochs += time.perf_counter() - t0
+        m["train_loss"] = train_loss
+        m["epoch"] = epoch
+        m["lr"] = opt.param_groups[0]["lr"]
+        history.append(m)
+        obj = _objective(m, cfg.metric)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch}")
+        if best_epoch < 0 or _better(obj, best_obj, cfg.direction):
+            best_obj, best_epoch, best_metrics = obj, epoch, dict(m)
+            best_state = copy.deepcopy(model.state_dict())
+        sched.step(m["val_loss"])
+        if m["val_loss"] < best_loss - 1e-6:
+            best_loss, since_loss_improved = m["val_loss"], 0
+        else:
+            since_loss_improved += 1
+        log.debug("epoch %d train_loss=%.4f val_loss=%.4f %s=%.4f", epoch, train_loss,
+                  m["val_loss"], cfg.metric, obj)
+        if report is not None:
+            report(epoch, obj, m)
+        overfitting = m["val_loss"] - train_loss > cfg.gap
+        if epoch + 1 >= cfg.min_epochs and since_loss_improved >= cfg.patience and overfitting:
+            stopped_early = True
+            break
+    return TrainResult(
+        best_epoch=best_epoch,
+        epochs_run=epoch + 1,
+        metrics=best_metrics,
+        history=history,
+        state_dict=best_state,
+        stopped_early=stopped_early,
+        epoch_seconds=t_epochs,
+    )

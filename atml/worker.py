@@ -1,0 +1,169 @@
+"""One worker process: load the study, then run trials until the global budget is spent.
+
+The budget is global: before each trial the worker counts finished and running trials
+of the whole study (all workers, all machines), and a trial that was created past the
+budget by a race with another worker ends at once as FAIL with reason ``over budget``.
+Optuna's heartbeat runs only inside ``study.optimize``, so the worker calls it one trial
+at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from atml.errors import StorageError
+from atml.objective import Objective, data_spec, prepare_data
+from atml.samplers import make_pruner, make_sampler
+from atml.space import SearchSpace, space_from_dict
+from atml.storage import SPACE_ATTR, open_storage, study_names, worker_id
+from atml.train import Interrupted
+
+__all__ = ["WorkerOptions", "run_worker", "load_study_space", "budget_left", "STOP_ATTR", "DEADLINE_ATTR"]
+
+log = logging.getLogger(__name__)
+
+STOP_ATTR = "atml.stop_reason"
+DEADLINE_ATTR = "atml.deadline"
+_COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class OverBudget(Exception):
+    """A trial created after the global budget was already taken by other workers."""
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    storage: str
+    study: str
+    data_path: str | None = None
+    artifacts: str = "studies"
+    threads: int = 1
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    max_retry: int = 2
+    max_failures: int = 5  # consecutive failed trials before this worker gives up
+
+
+def load_study_space(storage: Any, name: str) -> SearchSpace:
+    """The search space stored with study ``name``."""
+    if name not in study_names(storage):
+        known = ", ".join(study_names(storage)) or "none"
+        raise StorageError(f"study {name!r} not found in storage (studies: {known})")
+    sid = storage.get_study_id_from_name(name)
+    attrs = storage.get_study_user_attrs(sid)
+    if SPACE_ATTR not in attrs:
+        raise StorageError(f"study {name!r} was not created by atml search (no stored search space)")
+    stored = json.loads(attrs[SPACE_ATTR])
+    return space_from_dict(stored["raw"], source=stored["source"], check_paths=False)
+
+
+def budget_left(study: optuna.Study, space: SearchSpace) -> tuple[bool, str | None]:
+    """Whether another trial may start, and if not, why the study is over."""
+    attrs = study.user_attrs
+    if attrs.get(STOP_ATTR):
+        return False, attrs[STOP_ATTR]
+    deadline = attrs.get(DEADLINE_ATTR)
+    if deadline is not None and time.time() >= deadline:
+        return False, f"timeout reached ({space.budget.timeout:g} s)"
+    n = space.budget.n_trials
+    if n is not None:
+        trials = study.get_trials(deepcopy=False, states=(*_COUNTED, TrialState.RUNNING))
+        done = sum(t.state in _COUNTED for t in trials)
+        if done >= n:
+            return False, f"n_trials reached ({n})"
+        if len(trials) >= n:
+            return False, None  # the rest of the budget is running elsewhere
+    return True, None
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        def handler(signum: int, frame: Any) -> None:
+            if self.event.is_set():  # second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            log.warning("signal %d: finishing the current trial as failed and stopping", signum)
+            self.event.set()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+
+def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
+    """Run trials of ``opts.study`` until its budget is spent; returns trials run here."""
+    import torch
+
+    torch.set_num_threads(opts.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+    stop = stop or _StopFlag()
+    storage = open_storage(
+        opts.storage, heartbeat=True, heartbeat_interval=opts.heartbeat_interval,
+        grace_period=opts.grace_period, max_retry=opts.max_retry,
+    )
+    space = load_study_space(storage, opts.study)
+    spec = data_spec(space.data, opts.data_path)
+    if spec.path is not None and not Path(spec.path).exists():
+        from atml.errors import DataError
+
+        raise DataError(f"data path {spec.path} does not exist on this machine (pass --data)")
+    data = prepare_data(spec, Path(opts.artifacts) / "cache")
+    epochs = int(space.train_fixed.get("epochs", 20))
+    study = optuna.load_study(
+        study_name=opts.study, storage=storage,
+        sampler=make_sampler(space.study), pruner=make_pruner(space.study, epochs),
+    )
+    objective = Objective(space, data, opts.artifacts, should_stop=stop)
+
+    def guarded(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())
+        n = space.budget.n_trials
+        if n is not None:
+            ahead = study.get_trials(deepcopy=False, states=(*_COUNTED, TrialState.RUNNING))
+            if sum(t.number < trial.number for t in ahead) >= n:
+                trial.set_user_attr("reason", "over budget: the last slot was taken by another worker")
+                raise OverBudget(f"trial {trial.number} is past the budget of {n}")
+        try:
+            return objective(trial)
+        except Interrupted:
+            trial.set_user_attr("reason", "interrupted: the worker was stopped")
+            raise
+
+    ran = failures = 0
+    log.info("worker joined study %s (%d x %d samples, %d train / %d val segments)",
+             opts.study, data.n_leads, data.n_samples, len(data.y_train), len(data.y_val))
+    while not stop():
+        ok, reason = budget_left(study, space)
+        if not ok:
+            if reason and not study.user_attrs.get(STOP_ATTR):
+                study.set_user_attr(STOP_ATTR, reason)
+            break
+        finished: list[optuna.trial.FrozenTrial] = []
+        study.optimize(guarded, n_trials=1, catch=(Exception,),
+                       callbacks=[lambda _s, ft: finished.append(ft)])
+        ran += 1
+        ft = finished[-1] if finished else None
+        if ft is not None and ft.user_attrs.get("reason", "").startswith("over budget"):
+            continue
+        failures = failures + 1 if ft is not None and ft.state == TrialState.FAIL else 0
+        if failures >= opts.max_failures:
+            log.error("%d trials in a row failed; this worker stops", failures)
+            break
+    return ran
