@@ -11,7 +11,8 @@ import logging
 import math
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from atml import __version__
 from atml.errors import AtmlError
@@ -116,7 +117,7 @@ def _fmt(v: Any) -> str:
 def _print_summary(res: Any) -> None:
     c = res.counts
     print(f"\nstudy {res.study}  ({res.storage})")
-    print(f"  trials: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(c.items())) +
+    print("  trials: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(c.items())) +
           f"  in {res.wall_seconds:.0f} s" + (f"  [{res.stop_reason}]" if res.stop_reason else ""))
     sp = res.split
     print(f"  data: {sp.get('source')}  shape {sp.get('shape')}  skipped {sp.get('skipped', 0)}")

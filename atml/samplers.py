@@ -10,7 +10,8 @@ with several, model-based samplers also depend on which trials had finished.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution

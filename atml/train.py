@@ -12,8 +12,9 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ class TrainConfig:
     direction: str = "maximize"
 
     @classmethod
-    def from_params(cls, train: dict[str, Any], **extra: Any) -> "TrainConfig":
+    def from_params(cls, train: dict[str, Any], **extra: Any) -> TrainConfig:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in {**train, **extra}.items() if k in known})
 

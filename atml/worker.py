@@ -113,7 +113,9 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
         torch.set_num_interop_threads(1)
     except RuntimeError:  # already set in this process
         pass
-    stop = stop or _StopFlag()
+    if stop is None:
+        stop = _StopFlag()
+        stop.install()
     storage = open_storage(
         opts.storage, heartbeat=True, heartbeat_interval=opts.heartbeat_interval,
         grace_period=opts.grace_period, max_retry=opts.max_retry,
@@ -147,6 +149,7 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
             raise
 
     ran = failures = 0
+    finished: list[optuna.trial.FrozenTrial] = []
     log.info("worker joined study %s (%d x %d samples, %d train / %d val segments)",
              opts.study, data.n_leads, data.n_samples, len(data.y_train), len(data.y_val))
     while not stop():
@@ -155,7 +158,7 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
             if reason and not study.user_attrs.get(STOP_ATTR):
                 study.set_user_attr(STOP_ATTR, reason)
             break
-        finished: list[optuna.trial.FrozenTrial] = []
+        finished.clear()
         study.optimize(guarded, n_trials=1, catch=(Exception,),
                        callbacks=[lambda _s, ft: finished.append(ft)])
         ran += 1

@@ -7,7 +7,7 @@ import subprocess
 
 import optuna
 import pytest
-from conftest import small_space
+from _helpers import small_space
 
 from atml.cli import main
 from atml.errors import SpaceError

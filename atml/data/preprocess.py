@@ -68,6 +68,10 @@ class DataSpec:
         if self.label_map is not None:
             object.__setattr__(self, "label_map", {str(k): v for k, v in dict(self.label_map).items()})
         self._validate()
+        if self.label_map is not None:  # numpy ints would break JSON (cache key, hash)
+            object.__setattr__(self, "label_map", {k: int(v) for k, v in self.label_map.items()})
+        if self.max_segments is not None:
+            object.__setattr__(self, "max_segments", int(self.max_segments))
 
     def _validate(self) -> None:
         def bad(field: str, value: object, rule: str) -> DataError:
@@ -155,7 +159,8 @@ class DataSpec:
         content = {
             k: v
             for k, v in self.to_dict().items()
-            if k not in SPLIT_FIELDS and k not in ("path", "format")
+            if k not in SPLIT_FIELDS
+            and k not in ("path", "format")
             and (fmt == "synthetic" or k not in SYNTHETIC_FIELDS)
         }
         ident: dict[str, Any] = {"format": fmt}

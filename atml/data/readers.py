@@ -107,8 +107,7 @@ def detect_format(path: str | Path | None) -> str:
     if p.is_dir() and not any(e.is_file() for e in os.scandir(p)):
         raise DataError(f"data folder is empty: {p}")
     raise DataError(
-        f"cannot detect data format of {p} (expected a folder of {IESD_PATTERN_HELP} files "
-        "or a .npz file)"
+        f"cannot detect data format of {p} (expected a folder of {IESD_PATTERN_HELP} files or a .npz file)"
     )
 
 
@@ -190,9 +189,7 @@ def read_iesd_folder(
         raise DataError(f"data path does not exist: {folder}")
     if not folder.is_dir():
         raise DataError(f"{folder}: expected a folder of {IESD_PATTERN_HELP} files")
-    entries = sorted(
-        e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")
-    )
+    entries = sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
     txt = [n for n in entries if n.endswith(".txt")]
     if len(entries) > len(txt):
         log.info("ignoring %d non-.txt files in %s", len(entries) - len(txt), folder)
@@ -209,9 +206,7 @@ def read_iesd_folder(
         try:
             parsed = parse_iesd_name(name)
             if parsed is None:
-                raise DataError(
-                    f"{folder / name}: unknown file name pattern (expected {IESD_PATTERN_HELP})"
-                )
+                raise DataError(f"{folder / name}: unknown file name pattern (expected {IESD_PATTERN_HELP})")
             sig = read_iesd_segment(folder / name, segment_length)
         except DataError as exc:
             if on_bad == "error":

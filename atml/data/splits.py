@@ -121,7 +121,9 @@ def subject_split(
     if best[0] > 0:
         log.warning(
             "subject split (seed %d): no assignment of %d subjects gives every part every "
-            "class; using the closest one", seed, len(uniq),
+            "class; using the closest one",
+            seed,
+            len(uniq),
         )
     part_of = best[1]
     part_of_segment = part_of[inverse]
@@ -129,13 +131,19 @@ def subject_split(
     subj = [tuple(sorted(str(s) for s in uniq[part_of == p])) for p in range(3)]
     counts = tuple(tuple(int(c) for c in per_subject[part_of == p].sum(axis=0)) for p in range(3))
     return Split(
-        train=idx[0], val=idx[1], test=idx[2],
-        train_subjects=subj[0], val_subjects=subj[1], test_subjects=subj[2],
+        train=idx[0],
+        val=idx[1],
+        test=idx[2],
+        train_subjects=subj[0],
+        val_subjects=subj[1],
+        test_subjects=subj[2],
         class_counts=counts,  # type: ignore[arg-type]
     )
 
 
-def _score(per_subject: np.ndarray, part_of: np.ndarray, sizes: tuple[int, int, int], present: np.ndarray) -> float:
+def _score(
+    per_subject: np.ndarray, part_of: np.ndarray, sizes: tuple[int, int, int], present: np.ndarray
+) -> float:
     """0 when every non-empty part holds every present class; else the number of misses."""
     misses = 0
     for part, size in enumerate(sizes):

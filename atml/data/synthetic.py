@@ -185,9 +185,11 @@ def generate_synthetic(
         drift = 0.7 * np.sin(2 * np.pi * rng.uniform(0.1, 0.5, (m, 1)) * t + rng.uniform(0, 6.3, (m, 1)))
         phase = 2 * np.pi * np.cumsum(f0 + drift, axis=1) / fs_f
         f_amp = np.where(hard[af_rows], rng.uniform(0.008, 0.025, m), rng.uniform(0.02, 0.09, m))[:, None]
-        envelope = 1 + 0.35 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0, (m, 1)) * t + rng.uniform(0, 6.3, (m, 1)))
-        signal[af_rows] += f_amp * envelope * (
-            np.sin(phase) + 0.35 * np.sin(2 * phase + rng.uniform(0, 6.3, (m, 1)))
+        envelope = 1 + 0.35 * np.sin(
+            2 * np.pi * rng.uniform(0.2, 1.0, (m, 1)) * t + rng.uniform(0, 6.3, (m, 1))
+        )
+        signal[af_rows] += (
+            f_amp * envelope * (np.sin(phase) + 0.35 * np.sin(2 * phase + rng.uniform(0, 6.3, (m, 1))))
         )
 
     signal += _noise(rng, n, t, fs_f, subj, emg_sd, wander, mains_amp, mains_hz, seconds)
@@ -261,7 +263,9 @@ def _noise(
     for f_lo, f_hi, scale in ((0.05, 0.3, 1.0), (0.2, 0.5, 0.5)):
         f = rng.uniform(f_lo, f_hi, (n, 1))
         out += scale * wander[subj][:, None] * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3, (n, 1)))
-    out += mains_amp[subj][:, None] * np.sin(2 * np.pi * mains_hz[subj][:, None] * t + rng.uniform(0, 6.3, (n, 1)))
+    out += mains_amp[subj][:, None] * np.sin(
+        2 * np.pi * mains_hz[subj][:, None] * t + rng.uniform(0, 6.3, (n, 1))
+    )
     sd = emg_sd[subj] * np.exp(rng.normal(0, 0.3, n))
     out += rng.normal(0, 1, (n, ext)) * sd[:, None]
     # Pink noise: shape white noise by 1/sqrt(f) in the frequency domain.

@@ -76,9 +76,7 @@ def family_params(family: str) -> dict[str, Any]:
     """
     sig = inspect.signature(_family_class(family).__init__)
     return {
-        name: p.default
-        for name, p in sig.parameters.items()
-        if name != "self" and name not in _DATA_ARGS
+        name: p.default for name, p in sig.parameters.items() if name != "self" and name not in _DATA_ARGS
     }
 
 

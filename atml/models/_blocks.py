@@ -18,14 +18,10 @@ from atml.errors import SpaceError
 
 
 def _bad(family: str, name: str, value: Any, rule: str) -> SpaceError:
-    return SpaceError(
-        f"invalid value for '{name}' in model family '{family}': {value!r} ({rule})"
-    )
+    return SpaceError(f"invalid value for '{name}' in model family '{family}': {value!r} ({rule})")
 
 
-def check_int(
-    family: str, name: str, value: Any, *, low: int, high: int | None = None
-) -> int:
+def check_int(family: str, name: str, value: Any, *, low: int, high: int | None = None) -> int:
     """Return ``value`` as ``int`` or raise :class:`SpaceError` naming it.
 
     ``bool`` is rejected although it is an ``Integral``: ``width: true`` in a

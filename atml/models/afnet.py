@@ -112,9 +112,7 @@ class AFNet(nn.Module):
             "stem_stride": stem_stride,
         }
 
-        self.stem = ConvBNAct(
-            in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride
-        )
+        self.stem = ConvBNAct(in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride)
         blocks: list[nn.Module] = []
         channels = width
         for i in range(depth):

@@ -49,16 +49,13 @@ def branch_kernels(kernel_size: int) -> tuple[int, int, int]:
 class InceptionModule(nn.Module):
     """Bottleneck -> 3 parallel convs, plus max-pool -> 1x1; concat -> BN -> ReLU."""
 
-    def __init__(
-        self, in_channels: int, width: int, bottleneck: int, kernel_size: int, stride: int
-    ) -> None:
+    def __init__(self, in_channels: int, width: int, bottleneck: int, kernel_size: int, stride: int) -> None:
         super().__init__()
         # The bottleneck carries the stride so every branch runs at the
         # reduced length.
         self.bottleneck = nn.Conv1d(in_channels, bottleneck, 1, stride=stride, bias=False)
         self.branches = nn.ModuleList(
-            nn.Conv1d(bottleneck, width, k, padding=k // 2, bias=False)
-            for k in branch_kernels(kernel_size)
+            nn.Conv1d(bottleneck, width, k, padding=k // 2, bias=False) for k in branch_kernels(kernel_size)
         )
         # Unlike InceptionTime, the max-pool branch pools the bottleneck
         # output, not the 4*width-channel input: CPU max-pool with indices
@@ -92,9 +89,7 @@ class InceptionGroup(nn.Module):
         mods: list[nn.Module] = []
         channels = in_channels
         for j in range(n_modules):
-            mods.append(
-                InceptionModule(channels, width, bottleneck, kernel_size, stride if j == 0 else 1)
-            )
+            mods.append(InceptionModule(channels, width, bottleneck, kernel_size, stride if j == 0 else 1))
             channels = 4 * width
         self.body = nn.Sequential(*mods)
         self.shortcut = ConvBNAct(in_channels, channels, 1, stride=stride, act=False)
@@ -166,9 +161,7 @@ class Inception1D(nn.Module):
             "stem_stride": stem_stride,
         }
 
-        self.stem = ConvBNAct(
-            in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride
-        )
+        self.stem = ConvBNAct(in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride)
         groups: list[nn.Module] = []
         channels = width
         remaining = depth

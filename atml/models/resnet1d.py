@@ -115,9 +115,7 @@ class ResNet1D(nn.Module):
             "stem_stride": stem_stride,
         }
 
-        self.stem = ConvBNAct(
-            in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride
-        )
+        self.stem = ConvBNAct(in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride)
         blocks: list[nn.Module] = []
         channels = width
         for i in range(depth):

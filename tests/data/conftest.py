@@ -2,34 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from atml.data import DataSpec, load_dataset, shared_data_dir
-
-
-def _require(path: Path) -> Path:
-    # Outside CI a checkout without the shared data may skip; in CI that would hide bugs.
-    if not path.exists():
-        reason = f"shared ECG data not found at {path} (set ATML_SHARED_DATA)"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
-@pytest.fixture(scope="session")
-def txt_sample() -> Path:
-    """The real IESD text-segment folder (344 files, subjects 1, 19, 36); read-only."""
-    return _require(shared_data_dir() / "iesd2024" / "txt_sample")
-
-
-@pytest.fixture(scope="session")
-def train_npz() -> Path:
-    """The real 50,000-segment IESD npz pack; read-only."""
-    return _require(shared_data_dir() / "iesd2024" / "train.npz")
+from atml.data import DataSpec, load_dataset
 
 
 @pytest.fixture(scope="session")

@@ -87,8 +87,9 @@ def test_label_outside_mapping_names_file(copy_sample, good_names, tmp_path: Pat
     with pytest.raises(DataError, match=rf"{good_names[4]}: label outside the mapping: 'AB'"):
         load_dataset(spec, tmp_path / "cache")
     # Dropping the label first makes the mapping complete.
-    ds = load_dataset(DataSpec(path=str(folder), label_map={"AFIB": 1, "N": 0}, drop_labels=("AB",)),
-                      tmp_path / "cache")
+    ds = load_dataset(
+        DataSpec(path=str(folder), label_map={"AFIB": 1, "N": 0}, drop_labels=("AB",)), tmp_path / "cache"
+    )
     assert len(ds.y) == 4 and ds.skipped == 0
 
 

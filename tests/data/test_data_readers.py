@@ -104,12 +104,18 @@ def test_npz_missing_keys_and_wrong_shape(tmp_path: Path) -> None:
     no_subject = _save_npz(tmp_path / "nosub.npz", signal=sig, label=np.array(["N", "N"]))
     with pytest.raises(DataError, match=r"nosub\.npz: missing key 'subject'"):
         read_npz(no_subject)
-    short = _save_npz(tmp_path / "short.npz", signal=sig[:, :1000], label=np.array(["N", "N"]),
-                      subject=np.array([1, 2]))
+    short = _save_npz(
+        tmp_path / "short.npz", signal=sig[:, :1000], label=np.array(["N", "N"]), subject=np.array([1, 2])
+    )
     with pytest.raises(DataError, match=r"short\.npz: signal shape \(2, 1000\)"):
         read_npz(short)
-    wrong_fs = _save_npz(tmp_path / "fs.npz", signal=sig, label=np.array(["N", "N"]),
-                         subject=np.array([1, 2]), fs=np.int16(500))
+    wrong_fs = _save_npz(
+        tmp_path / "fs.npz",
+        signal=sig,
+        label=np.array(["N", "N"]),
+        subject=np.array([1, 2]),
+        fs=np.int16(500),
+    )
     with pytest.raises(DataError, match=r"fs\.npz: fs is 500 Hz, expected 250"):
         read_npz(wrong_fs)
     not_zip = tmp_path / "junk.npz"
@@ -117,3 +123,22 @@ def test_npz_missing_keys_and_wrong_shape(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"junk\.npz: not a readable \.npz"):
         read_npz(not_zip)
     assert zipfile.is_zipfile(no_subject)
+
+
+def test_npz_bad_rows_through_cache(tmp_path: Path, caplog) -> None:
+    from atml.data import DataSpec, load_dataset
+
+    rng = np.random.default_rng(1)
+    sig = rng.normal(size=(9, 2, 1250)).astype(np.float32)  # two leads
+    sig[2, 1, 7] = np.inf
+    sig[6, 0, 0] = np.nan
+    labels = np.array(["AFIB", "N", "N"] * 3)
+    path = _save_npz(tmp_path / "leads.npz", signal=sig, label=labels, subject=np.repeat([4, 5, 6], 3))
+    with pytest.raises(DataError, match=r"leads\.npz\[row 2\]: non-finite value \(2 rows affected\)"):
+        load_dataset(DataSpec(path=str(path)), tmp_path / "cache")
+    ds = load_dataset(DataSpec(path=str(path), on_bad="skip", normalize="none"), tmp_path / "cache")
+    assert ds.x.shape == (7, 2, 1250) and ds.skipped == 2 and ds.n_leads == 2
+    keep = [0, 1, 3, 4, 5, 7, 8]
+    np.testing.assert_array_equal(np.asarray(ds.x), sig[keep])
+    assert ds.y.tolist() == [1, 0, 1, 0, 0, 0, 0]
+    assert ds.subject.tolist() == ["S4", "S4", "S5", "S5", "S5", "S6", "S6"]

@@ -1,0 +1,164 @@
+"""End-to-end `atml search` on real SQLite files with real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from _helpers import small_space
+
+from atml.storage import open_storage
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+
+
+def _trials(db, study):
+    s = optuna.load_study(study_name=study, storage=open_storage(f"sqlite:///{db}"))
+    return s.get_trials(deepcopy=False)
+
+
+def test_search_two_workers_then_resume(tmp_path, write_space, atml_cmd):
+    space = write_space(small_space("e2e", n_trials=3, epochs=2))
+    db = tmp_path / "studies" / "atml.db"
+    r = _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}",
+              "--workers", "2", "--no-progress"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "best trial #" in r.stdout and "checkpoint:" in r.stdout and "n_trials reached (3)" in r.stdout
+    trials = _trials(db, "e2e")
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) + sum(t.state == optuna.trial.TrialState.PRUNED for t in trials) == 3
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2, "both worker processes ran trials"
+    for t in complete:
+        m = t.user_attrs["metrics"]
+        assert set(m) >= {"f1", "accuracy", "precision", "recall", "auroc"}
+        assert t.value == pytest.approx(m["f1"])
+        assert (tmp_path / "studies" / "e2e" / t.user_attrs["checkpoint"]).is_file()
+        assert len(t.intermediate_values) >= 1
+    # journal mode stays WAL so readers never block writers
+    assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    # resume: the budget counts what is done, so raising it to 5 runs 2 more trials
+    r = _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}",
+              "--workers", "2", "--no-progress", "--n-trials", "5"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    trials = _trials(db, "e2e")
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 5
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+
+    r = _run([*atml_cmd, "studies", "--storage", f"sqlite:///{db}"])
+    assert r.returncode == 0 and "e2e" in r.stdout and "n_trials reached (5)" in r.stdout
+
+
+def test_changed_space_does_not_resume(tmp_path, write_space, atml_cmd):
+    db = tmp_path / "s.db"
+    space = write_space(small_space("chg", n_trials=1, epochs=1))
+    assert _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}",
+                 "--workers", "1", "--no-progress"]).returncode == 0
+    changed = small_space("chg", n_trials=1, epochs=1)
+    changed["train"]["lr"] = 0.01
+    space = write_space(changed)
+    r = _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}", "--no-progress"])
+    assert r.returncode == 2
+    assert "already exists with a different search space" in r.stderr
+
+
+def test_same_seed_same_parameters(tmp_path, write_space, atml_cmd):
+    space = small_space("seeded", n_trials=4, epochs=1)
+    space["study"]["sampler"] = {"type": "tpe", "seed": 123, "n_startup_trials": 2}
+    p = write_space(space)
+    params = []
+    for run in ("a", "b"):
+        db = tmp_path / f"{run}.db"
+        r = _run([*atml_cmd, "search", "--space", str(p), "--storage", f"sqlite:///{db}",
+                  "--workers", "1", "--no-progress"])
+        assert r.returncode == 0, r.stderr[-2000:]
+        params.append([t.params for t in sorted(_trials(db, "seeded"), key=lambda t: t.number)])
+    assert params[0] == params[1]
+    assert len({str(p) for p in params[0]}) == 4, "trials differ from each other"
+    db = tmp_path / "c.db"
+    assert _run([*atml_cmd, "search", "--space", str(p), "--storage", f"sqlite:///{db}",
+                 "--workers", "1", "--no-progress", "--seed", "124"]).returncode == 0
+    assert [t.params for t in sorted(_trials(db, "seeded"), key=lambda t: t.number)] != params[0]
+
+
+def test_ctrl_c_leaves_no_running_trial(tmp_path, write_space, atml_cmd):
+    space = small_space("sigint", n_trials=50, epochs=30)
+    space["train"]["patience"] = 30
+    space["data"]["synthetic"] = {"subjects": 12, "per_subject": 60, "seed": 2}
+    p = write_space(space)
+    db = tmp_path / "s.db"
+    proc = subprocess.Popen([*atml_cmd, "search", "--space", str(p), "--storage", f"sqlite:///{db}",
+                             "--workers", "2", "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        running = []
+        while time.time() < deadline:
+            time.sleep(1)
+            if db.exists():
+                try:
+                    running = [t for t in _trials(db, "sigint") if t.state == optuna.trial.TrialState.RUNNING]
+                except Exception:
+                    running = []
+                if len(running) == 2:
+                    break
+        assert running, "no trial started"
+        time.sleep(2)
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert time.time() - t0 < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    trials = _trials(db, "sigint")
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    stopped = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert stopped and all("interrupted" in t.user_attrs.get("reason", "") or "stopped" in t.user_attrs.get("reason", "") for t in stopped)
+    r = _run([*atml_cmd, "studies", "--storage", f"sqlite:///{db}"])
+    assert "interrupted" in r.stdout
+
+
+def test_bad_data_exit_2_names_file_and_creates_no_study(tmp_path, txt_sample, write_space, atml_cmd):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    files = sorted(txt_sample.iterdir())[:5]
+    for f in files:
+        (bad / f.name).write_text(f.read_text())
+    victim = bad / files[2].name
+    lines = victim.read_text().splitlines()
+    lines[10] = "abc"
+    victim.write_text("\n".join(lines) + "\n")
+    space = write_space(small_space("bd", n_trials=1, epochs=1))
+    db = tmp_path / "studies" / "atml.db"
+    r = _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}",
+              "--data", str(bad), "--no-progress"])
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert victim.name in r.stderr
+    assert not db.exists()
+    r = _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}",
+              "--data", str(tmp_path / "missing"), "--no-progress"])
+    assert r.returncode == 2 and "missing" in r.stderr and not db.exists()
+
+
+def test_python_dash_m_and_console_script_agree(atml_cmd):
+    r = _run([*atml_cmd, "--version"])
+    exe = os.path.join(os.path.dirname(sys.executable), "atml")
+    r2 = _run([exe, "--version"]) if os.path.exists(exe) else r
+    assert r.returncode == 0 and r.stdout.strip().startswith("atml ") and r.stdout == r2.stdout
