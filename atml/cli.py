@@ -72,7 +72,31 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("studies", help="list studies with trial counts and best value")
     _storage_arg(st)
     st.add_argument("--json", action="store_true")
+
+    for mod in _command_modules():
+        for name, handler in mod.add_commands(sub, _storage_arg).items():
+            _HANDLERS[name] = handler
     return ap
+
+
+# Commands defined in their own light modules; each exposes
+# ``add_commands(subparsers, storage_arg) -> {name: handler(args) -> int}`` and imports
+# its heavy dependencies inside the handlers, so ``atml --help`` stays fast.
+_PLUGIN_MODULES = ("atml.cli_export", "atml.cli_dashboard", "atml.cli_gate")
+_HANDLERS: dict[str, Any] = {}
+
+
+def _command_modules() -> list[Any]:
+    import importlib
+
+    mods = []
+    for name in _PLUGIN_MODULES:
+        try:
+            mods.append(importlib.import_module(name))
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+    return mods
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING if level >= logging.WARNING else optuna.logging.INFO)
-        return {"search": _search, "worker": _worker, "studies": _studies}[args.command](args)
+        handlers = {"search": _search, "worker": _worker, "studies": _studies, **_HANDLERS}
+        return handlers[args.command](args)
     except AtmlError as e:
         print(f"atml: error: {e}", file=sys.stderr)
         return EXIT_USAGE
