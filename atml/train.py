@@ -136,7 +136,9 @@ def fit(
     the loop raise :class:`Interrupted`.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
-    n_classes = int(model(x_train[:1]).shape[1]) if len(x_train) else 2
+    model.eval()
+    with torch.no_grad():  # eval mode: a probe must not touch BatchNorm statistics
+        n_classes = int(model(x_train[:2]).shape[1]) if len(x_train) else 2
     weight = None
     if cfg.class_weighted:
         counts = torch.bincount(y_train, minlength=n_classes).clamp(min=1).float()
@@ -172,7 +174,7 @@ def fit(
             loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
         train_loss = total / max(seen, 1)
         m = evaluate(model, x_val, y_val, eval_loss)

@@ -32,12 +32,12 @@ GROUP_SIZE = 3
 # Informational ranges for the search-space YAML.
 SPACE_HINT: dict[str, Any] = {
     "width": (4, 32),
-    "depth": (2, 9),
+    "depth": (2, 6),
     "kernel_size": [9, 11, 15, 21, 31, 41],
     "dropout": (0.0, 0.5),
     "bottleneck": (4, 32),
     "stride": [1, 2],
-    "stem_stride": [2, 4],
+    "stem_stride": [4, 8],
 }
 
 
@@ -128,13 +128,13 @@ class Inception1D(nn.Module):
         *,
         in_channels: int,
         n_classes: int,
-        width: int = 16,
+        width: int = 12,
         depth: int = 6,
         kernel_size: int = 15,
         dropout: float = 0.1,
-        bottleneck: int = 16,
+        bottleneck: int = 12,
         stride: int = 2,
-        stem_stride: int = 4,
+        stem_stride: int = 8,
     ) -> None:
         super().__init__()
         check_common(

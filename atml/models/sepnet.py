@@ -27,14 +27,14 @@ FAMILY = "sepnet"
 
 # Informational ranges for the search-space YAML.
 SPACE_HINT: dict[str, Any] = {
-    "width": (8, 32),
-    "depth": (2, 5),
+    "width": (8, 24),
+    "depth": (2, 4),
     "kernel_size": [3, 5, 7, 9, 11, 15],
     "dropout": (0.0, 0.5),
-    "expansion": (1, 6),
+    "expansion": (1, 4),
     "groups": [1, 2, 4],
     "growth": (1.0, 1.5),
-    "stem_stride": [2, 4],
+    "stem_stride": [4, 8],
 }
 
 
@@ -120,14 +120,14 @@ class SepNet(nn.Module):
         *,
         in_channels: int,
         n_classes: int,
-        width: int = 16,
+        width: int = 12,
         depth: int = 4,
         kernel_size: int = 9,
         dropout: float = 0.1,
-        expansion: int = 4,
+        expansion: int = 2,
         groups: int = 1,
         growth: float = 1.5,
-        stem_stride: int = 4,
+        stem_stride: int = 8,
     ) -> None:
         super().__init__()
         check_common(

@@ -37,14 +37,14 @@ def _one_thread() -> Iterator[None]:
 def _corner(family: str, pick: str) -> dict[str, Any]:
     """The smallest or largest corner of a family's SPACE_HINT box.
 
-    Strides keep their defaults: the corners are about parameter count.
+    Strides and groups keep their defaults: the corners are about parameter
+    count, and more groups means fewer parameters.
     """
     out: dict[str, Any] = {}
     for name, rng in SPACE_HINTS[family].items():
         values = list(rng) if isinstance(rng, list) else [rng[0], rng[1]]
         lo, hi = min(values), max(values)
-        if name in ("stride", "stem_stride"):
-            # Keep the default stride: the "largest" point is about size.
+        if name in ("stride", "stem_stride", "groups"):
             continue
         out[name] = lo if pick == "small" else hi
     return out

@@ -1,0 +1,109 @@
+"""Training loop, early stopping, pruning and checkpoints, on real ECG segments."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+from _helpers import small_space
+
+from atml.data import DataSpec
+from atml.models import build_model, family_names
+from atml.objective import Objective, load_checkpoint, prepare_data
+from atml.samplers import make_pruner
+from atml.space import space_from_dict
+from atml.train import TrainConfig, evaluate, fit
+
+
+@pytest.fixture(scope="module")
+def iesd_txt(txt_sample, tmp_path_factory):
+    """The real IESD text segments, split by subject (3 subjects: 2 train, 1 val)."""
+    spec = DataSpec(path=str(txt_sample), val_fraction=0.34, split_seed=0)
+    return prepare_data(spec, tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    spec = DataSpec(synthetic_subjects=10, synthetic_per_subject=30, synthetic_seed=3)
+    return prepare_data(spec, tmp_path_factory.mktemp("cache"))
+
+
+def test_split_has_no_subject_in_two_parts(iesd_txt):
+    s = iesd_txt.split_summary
+    assert s["train"]["subjects"] == 2 and s["val"]["subjects"] == 1
+    assert s["train"]["segments"] + s["val"]["segments"] == 344
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_every_family_trains_one_epoch_on_real_segments(iesd_txt, family):
+    torch.manual_seed(0)
+    d = iesd_txt
+    model = build_model(family, in_channels=d.n_leads, n_classes=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = fit(model, d.x_train, d.y_train, d.x_val, d.y_val, TrainConfig(epochs=1, batch_size=32))
+    assert res.epochs_run == 1 and res.best_epoch == 0
+    m = res.metrics
+    assert 0.0 <= m["f1"] <= 1.0 and math.isfinite(m["val_loss"]) and math.isfinite(m["train_loss"])
+    assert m["tn"] + m["fp"] + m["fn"] + m["tp"] == len(d.y_val)
+    changed = [k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], res.state_dict[k])]
+    assert changed, "weights were updated"
+
+
+def test_early_stopping_needs_both_stalled_loss_and_gap(synthetic):
+    d = synthetic
+    frozen = TrainConfig(epochs=8, lr=1e-12, patience=2, gap=-1e9, lr_patience=100)
+    res = fit(build_model("afnet", in_channels=1, n_classes=2), d.x_train, d.y_train, d.x_val, d.y_val, frozen)
+    assert res.stopped_early and res.epochs_run == 3  # epoch 0 sets the best loss, 2 stalled epochs
+    # same stall, but training loss is never `gap` below validation loss -> keeps training
+    no_gap = TrainConfig(epochs=5, lr=1e-12, patience=2, gap=1e9, lr_patience=100)
+    res = fit(build_model("afnet", in_channels=1, n_classes=2), d.x_train, d.y_train, d.x_val, d.y_val, no_gap)
+    assert not res.stopped_early and res.epochs_run == 5
+
+
+def test_best_epoch_weights_are_kept(synthetic):
+    d = synthetic
+    torch.manual_seed(1)
+    model = build_model("afnet", in_channels=1, n_classes=2, width=6, depth=2)
+    res = fit(model, d.x_train, d.y_train, d.x_val, d.y_val, TrainConfig(epochs=4, lr=3e-3))
+    fresh = build_model("afnet", in_channels=1, n_classes=2, width=6, depth=2)
+    fresh.load_state_dict(res.state_dict)
+    again = evaluate(fresh, d.x_val, d.y_val)
+    assert again["f1"] == pytest.approx(res.metrics["f1"])
+    assert res.metrics["f1"] == max(h["f1"] for h in res.history)
+
+
+def test_objective_stores_metrics_checkpoint_and_pruner_prunes(synthetic, tmp_path):
+    raw = small_space("prune", n_trials=3, epochs=3)
+    raw["study"]["pruner"] = {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}
+    raw["model"] = {"families": {"afnet": {"width": 8, "depth": 2}}}
+    raw["train"]["lr"] = {"type": "float", "low": 1e-7, "high": 5e-3, "log": True}
+    raw["train"]["optimizer"] = "adamw"
+    space = space_from_dict(raw)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(space.study, 3))
+    study.enqueue_trial({"train.lr": 5e-3})
+    study.enqueue_trial({"train.lr": 1e-7})
+    objective = Objective(space, synthetic, tmp_path)
+    study.optimize(objective, n_trials=2)
+    good, bad = study.trials
+    assert good.state == optuna.trial.TrialState.COMPLETE
+    assert good.value == pytest.approx(good.user_attrs["metrics"]["f1"])
+    assert set(good.intermediate_values) == {0, 1, 2}
+    model, ck = load_checkpoint(tmp_path / "prune" / good.user_attrs["checkpoint"])
+    assert ck["family"] == "afnet" and ck["trial"] == good.number
+    again = evaluate(model, synthetic.x_val, synthetic.y_val)
+    assert again["f1"] == pytest.approx(good.user_attrs["metrics"]["f1"])
+    assert bad.state == optuna.trial.TrialState.PRUNED
+    assert "pruned by median at epoch 0" in bad.user_attrs["reason"]
+    assert list(bad.intermediate_values) == [0]
+
+
+@pytest.mark.parametrize("kind,cls", [("median", optuna.pruners.MedianPruner),
+                                      ("asha", optuna.pruners.SuccessiveHalvingPruner),
+                                      ("hyperband", optuna.pruners.HyperbandPruner),
+                                      ("none", optuna.pruners.NopPruner)])
+def test_pruner_named_in_yaml(kind, cls):
+    raw = small_space()
+    raw["study"]["pruner"] = {"type": kind}
+    assert isinstance(make_pruner(space_from_dict(raw).study, 10), cls)
