@@ -1,0 +1,150 @@
+"""Training throughput of one worker (1 torch thread, batch 32, AFNet-style model).
+
+Compares, in the same run and on the real IESD-2024 segments:
+  atml     - atml.train.fit over the cached arrays (what every trial runs; includes
+             the per-epoch validation pass on 512 segments)
+  plain    - a bare PyTorch loop over in-memory tensors (the practical limit here)
+  txt      - ATML's original way: a DataLoader that re-reads every segment from its
+             text file each epoch (np.loadtxt), on the 344 real text segments
+and the whole-trial wall time (model build, epochs, metrics, checkpoint) against the
+sum of its epochs, so the per-trial overhead is visible.
+
+    python bench/train_throughput.py [--segments 4096] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from atml.data import DataSpec, load_dataset, shared_data_dir
+from atml.models import build_model
+from atml.objective import Objective, prepare_data
+from atml.space import space_from_dict
+from atml.train import TrainConfig, fit
+
+
+def plain_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int) -> float:
+    torch.manual_seed(0)
+    model = build_model("afnet", in_channels=1, n_classes=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1.5e-3, weight_decay=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), batch):
+            idx = perm[i : i + batch]
+            opt.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+    return len(x) * epochs / (time.perf_counter() - t0)
+
+
+class TxtSegments(torch.utils.data.Dataset):
+    """ATML's loader: one np.loadtxt per segment per epoch."""
+
+    def __init__(self, folder: Path) -> None:
+        self.files = sorted(folder.glob("*.txt"))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        sig = np.loadtxt(self.files[i], dtype=np.float32)
+        sig = (sig - sig.mean()) / (sig.std() + 1e-6)
+        label = 1 if self.files[i].name.split("-")[1] == "AFIB" else 0
+        return torch.from_numpy(sig[None, :]), label
+
+
+def txt_loop(folder: Path, epochs: int, batch: int) -> float:
+    torch.manual_seed(0)
+    ds = TxtSegments(folder)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=0)
+    model = build_model("afnet", in_channels=1, n_classes=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1.5e-3, weight_decay=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        for xb, yb in dl:
+            opt.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            opt.step()
+    return len(ds) * epochs / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--segments", type=int, default=4096, help="training segments used")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "atml-bench-cache"))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = shared_data_dir() / "iesd2024"
+    spec = DataSpec(path=str(data / "train.npz"), drop_labels=("UNK",), val_fraction=0.2, split_seed=0)
+    ds = load_dataset(spec, args.cache)
+    split = ds.split(spec)
+    rng = np.random.default_rng(0)
+    tr = np.sort(rng.choice(split.train, size=min(args.segments, len(split.train)), replace=False))
+    va = np.sort(rng.choice(split.val, size=512, replace=False))
+    x_tr, y_tr = torch.from_numpy(np.array(ds.x[tr])), torch.from_numpy(np.array(ds.y[tr], dtype=np.int64))
+    x_va, y_va = torch.from_numpy(np.array(ds.x[va])), torch.from_numpy(np.array(ds.y[va], dtype=np.int64))
+
+    plain = plain_loop(x_tr, y_tr, args.epochs, 32)
+    torch.manual_seed(0)
+    res = fit(build_model("afnet", in_channels=1, n_classes=2), x_tr, y_tr, x_va, y_va,
+              TrainConfig(epochs=args.epochs, batch_size=32, patience=99))
+    atml_sps = len(x_tr) * args.epochs / res.epoch_seconds
+    txt = txt_loop(data / "txt_sample", max(1, args.epochs), 32)
+
+    # Whole trial through the objective, as a worker runs it (data already cached).
+    raw = {"study": {"name": "bench", "pruner": {"type": "none"}}, "budget": {"n_trials": 1},
+           "data": {"path": str(data / "train.npz"), "drop_labels": ["UNK"], "max_segments": args.segments + 1500},
+           "train": {"epochs": args.epochs, "batch_size": 32, "patience": 99},
+           "model": {"families": {"afnet": {}}}}
+    space = space_from_dict(raw)
+    from atml.objective import data_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        prepared = prepare_data(data_spec(space.data), args.cache)
+        t_data = time.perf_counter() - t0
+        study = optuna.create_study(direction="maximize")
+        t1 = time.perf_counter()
+        study.optimize(Objective(space, prepared, tmp), n_trials=1)
+        t_trial = time.perf_counter() - t1
+    epochs_s = study.trials[0].user_attrs["epoch_seconds"]
+    out = {
+        "segments": len(x_tr), "epochs": args.epochs, "threads": 1, "batch": 32,
+        "atml_samples_per_s": round(atml_sps, 1), "plain_samples_per_s": round(plain, 1),
+        "txt_dataloader_samples_per_s": round(txt, 1),
+        "atml_vs_plain": round(atml_sps / plain, 3), "atml_vs_txt": round(atml_sps / txt, 2),
+        "trial_wall_s": round(t_trial, 2), "trial_epochs_s": epochs_s,
+        "trial_overhead_pct": round(100 * (t_trial - epochs_s) / epochs_s, 2),
+        "worker_data_load_s": round(t_data, 2),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"training throughput, AFNet default, 1 thread, batch 32, {len(x_tr)} IESD segments x {args.epochs} epochs")
+    print(f"  atml fit (incl. validation)   {atml_sps:9.1f} samples/s   {out['atml_vs_plain']:.2f}x plain   "
+          f"{out['atml_vs_txt']:.1f}x txt loader")
+    print(f"  plain PyTorch loop            {plain:9.1f} samples/s")
+    print(f"  txt DataLoader (ATML)         {txt:9.1f} samples/s")
+    print(f"  whole trial {t_trial:.2f} s vs epochs {epochs_s:.2f} s -> overhead {out['trial_overhead_pct']:.2f}%"
+          f" (worker data load from cache, once per worker: {t_data:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
