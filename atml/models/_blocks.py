@@ -79,26 +79,34 @@ def check_common(
     kernel_size: Any,
     dropout: Any,
     stem_stride: Any,
-) -> None:
-    """Validate the arguments every family shares."""
-    check_int(family, "in_channels", in_channels, low=1)
-    check_int(family, "n_classes", n_classes, low=1)
-    check_int(family, "width", width, low=1)
-    check_int(family, "depth", depth, low=1)
-    check_kernel(family, "kernel_size", kernel_size, low=3)
-    check_float(family, "dropout", dropout, low=0.0, high=1.0)
-    check_int(family, "stem_stride", stem_stride, low=1)
+) -> tuple[int, int, int, int, int, float, int]:
+    """Validate the arguments every family shares; return them as plain types.
+
+    Returned in signature order: ``in_channels, n_classes, width, depth,
+    kernel_size, dropout, stem_stride``.  Plain ``int``/``float`` (not numpy
+    scalars) keep layer shapes and the ONNX graph free of foreign types.
+    """
+    return (
+        check_int(family, "in_channels", in_channels, low=1),
+        check_int(family, "n_classes", n_classes, low=1),
+        check_int(family, "width", width, low=1),
+        check_int(family, "depth", depth, low=1),
+        check_kernel(family, "kernel_size", kernel_size, low=3),
+        check_float(family, "dropout", dropout, low=0.0, high=1.0),
+        check_int(family, "stem_stride", stem_stride, low=1),
+    )
 
 
 def scaled_channels(width: int, growth: float, stage: int, divisor: int = 1) -> int:
-    """Channels of ``stage``: ``width * growth**stage`` rounded to ``divisor``.
+    """Channels of ``stage``: ``round(width * growth**stage)``, then rounded up
+    to a multiple of ``divisor``.
 
-    Rounding to a multiple of ``divisor`` is what lets grouped 1x1 convs
+    Rounding up to a multiple of ``divisor`` is what lets grouped 1x1 convs
     (ShuffleNet style) accept any ``width``/``groups`` combination instead of
     rejecting most random search points.
     """
-    raw = width * growth**stage
-    return max(divisor, int(round(raw / divisor)) * divisor)
+    channels = max(1, round(width * growth**stage))
+    return -(-channels // divisor) * divisor
 
 
 def stem_kernel(kernel_size: int, stem_stride: int) -> int:

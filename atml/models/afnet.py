@@ -27,7 +27,7 @@ from atml.models._blocks import (
 FAMILY = "afnet"
 
 # Ranges the lead can copy into a search-space YAML (informational only).
-# growth is capped at 1.5 so width 16 / depth 5 stays around 100k params: this
+# growth is capped at 1.5 so width 16 / depth 5 stays under ~170k params: this
 # family is meant to be the tiny one.
 SPACE_HINT: dict[str, Any] = {
     "width": (4, 16),
@@ -86,7 +86,7 @@ class AFNet(nn.Module):
         stem_stride: int = 4,
     ) -> None:
         super().__init__()
-        check_common(
+        in_channels, n_classes, width, depth, kernel_size, dropout, stem_stride = check_common(
             FAMILY,
             in_channels=in_channels,
             n_classes=n_classes,
@@ -96,9 +96,9 @@ class AFNet(nn.Module):
             dropout=dropout,
             stem_stride=stem_stride,
         )
-        check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
-        check_int(FAMILY, "se_reduction", se_reduction, low=0)
-        check_int(FAMILY, "stride", stride, low=1)
+        growth = check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
+        se_reduction = check_int(FAMILY, "se_reduction", se_reduction, low=0)
+        stride = check_int(FAMILY, "stride", stride, low=1)
         self.hparams: dict[str, Any] = {
             "in_channels": in_channels,
             "n_classes": n_classes,

@@ -5,7 +5,8 @@ Each module runs a 1x1 bottleneck, then three parallel convs with kernels
 plus a max-pool -> 1x1 branch; the four outputs are concatenated.  Modules
 come in residual groups of three.  Unlike the original InceptionTime, the
 first module of every group downsamples by ``stride`` (and a strided stem
-precedes everything) so 5000-sample 12-lead inputs stay cheap on CPU.
+precedes everything) so 5000-sample 12-lead inputs stay cheap on CPU, and
+the max-pool branch pools the bottleneck output rather than the module input.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class InceptionModule(nn.Module):
             nn.Conv1d(bottleneck, width, k, padding=k // 2, bias=False) for k in branch_kernels(kernel_size)
         )
         # Unlike InceptionTime, the max-pool branch pools the bottleneck
-        # output, not the 4*width-channel input: CPU max-pool with indices
-        # is slow, and this cut the default's train step by ~20%.
+        # output, not the 4*width-channel input: CPU max-pool with indices is
+        # slow, and it was the third-largest cost of a training step.
         self.pool = nn.MaxPool1d(3, stride=1, padding=1)
         self.pool_conv = nn.Conv1d(bottleneck, width, 1, bias=False)
         self.bn = nn.BatchNorm1d(4 * width)
@@ -137,7 +138,7 @@ class Inception1D(nn.Module):
         stem_stride: int = 8,
     ) -> None:
         super().__init__()
-        check_common(
+        in_channels, n_classes, width, depth, kernel_size, dropout, stem_stride = check_common(
             FAMILY,
             in_channels=in_channels,
             n_classes=n_classes,
@@ -147,8 +148,8 @@ class Inception1D(nn.Module):
             dropout=dropout,
             stem_stride=stem_stride,
         )
-        check_int(FAMILY, "bottleneck", bottleneck, low=1)
-        check_int(FAMILY, "stride", stride, low=1)
+        bottleneck = check_int(FAMILY, "bottleneck", bottleneck, low=1)
+        stride = check_int(FAMILY, "stride", stride, low=1)
         self.hparams: dict[str, Any] = {
             "in_channels": in_channels,
             "n_classes": n_classes,

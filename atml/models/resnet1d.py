@@ -91,7 +91,7 @@ class ResNet1D(nn.Module):
         stem_stride: int = 4,
     ) -> None:
         super().__init__()
-        check_common(
+        in_channels, n_classes, width, depth, kernel_size, dropout, stem_stride = check_common(
             FAMILY,
             in_channels=in_channels,
             n_classes=n_classes,
@@ -101,8 +101,8 @@ class ResNet1D(nn.Module):
             dropout=dropout,
             stem_stride=stem_stride,
         )
-        check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
-        check_int(FAMILY, "stride", stride, low=1)
+        growth = check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
+        stride = check_int(FAMILY, "stride", stride, low=1)
         self.hparams: dict[str, Any] = {
             "in_channels": in_channels,
             "n_classes": n_classes,

@@ -97,7 +97,8 @@ class SepNet(nn.Module):
         Number of ECG leads and of output classes.
     width:
         Stem channels (rounded up to a multiple of ``groups``); stage ``i``
-        has ``width * growth**(i + 1)`` channels, also rounded to ``groups``.
+        has ``round(width * growth**(i + 1))`` channels, also rounded up to a
+        multiple of ``groups``.
     depth:
         Number of stages; each halves the time axis.
     kernel_size:
@@ -130,7 +131,7 @@ class SepNet(nn.Module):
         stem_stride: int = 8,
     ) -> None:
         super().__init__()
-        check_common(
+        in_channels, n_classes, width, depth, kernel_size, dropout, stem_stride = check_common(
             FAMILY,
             in_channels=in_channels,
             n_classes=n_classes,
@@ -140,9 +141,9 @@ class SepNet(nn.Module):
             dropout=dropout,
             stem_stride=stem_stride,
         )
-        check_int(FAMILY, "expansion", expansion, low=1)
-        check_int(FAMILY, "groups", groups, low=1)
-        check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
+        expansion = check_int(FAMILY, "expansion", expansion, low=1)
+        groups = check_int(FAMILY, "groups", groups, low=1)
+        growth = check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
         self.hparams: dict[str, Any] = {
             "in_channels": in_channels,
             "n_classes": n_classes,

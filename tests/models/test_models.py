@@ -121,6 +121,17 @@ def test_deterministic_construction(family: str) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_numpy_scalars_become_plain_types() -> None:
+    np = pytest.importorskip("numpy")
+    model = build_model(
+        "sepnet", in_channels=np.int64(1), n_classes=2, width=np.int64(10), groups=4, growth=np.float32(1.2)
+    )
+    assert model.hparams["width"] == 10 and type(model.hparams["width"]) is int
+    assert type(model.hparams["growth"]) is float
+    # width 10 is rounded up to 12 channels so groups=4 divides it.
+    assert model(torch.randn(2, 1, 300)).shape == (2, 2)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_random_sweep(family: str) -> None:
     rng = random.Random(f"sweep-{family}")
