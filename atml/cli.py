@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="data path overriding data.path (folder of .txt segments or .npz)")
     s.add_argument("--artifacts", default=_env("ARTIFACTS"),
                    help="folder for checkpoints, caches and logs (default: beside the SQLite file, else ./studies)")
+    s.add_argument("--artifact-store", default=_env("ARTIFACT_STORE"),
+                   help="gate folders' artifact store for other machines: path or s3://bucket")
     s.add_argument("--study", default=None, help="study name overriding study.name")
     s.add_argument("--n-trials", type=int, default=None, help="budget override (global, all workers)")
     s.add_argument("--timeout", type=float, default=None, help="budget override in seconds")
@@ -63,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--data", default=None, help="local copy of the study's data (default: the stored path)")
     w.add_argument("--artifacts", default=_env("ARTIFACTS"), help="artifact folder (default as for search)")
     w.add_argument("--threads", type=int, default=int(_env("THREADS", 1)))
+    w.add_argument("--artifact-store", default=_env("ARTIFACT_STORE"),
+                   help="where gate folders are uploaded for other machines: a (shared) path or s3://bucket "
+                        "(env ATML_ARTIFACT_STORE; default ARTIFACTS/artifact-store)")
     w.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval, seconds")
     w.add_argument("--grace", type=int, default=30, help="seconds without heartbeat before a trial is failed")
     w.add_argument("--retries", type=int, default=2, help="retries of a trial whose worker died")
@@ -123,6 +128,7 @@ def _search(args: argparse.Namespace) -> int:
         space_path=args.space, storage=args.storage, workers=args.workers, threads=args.threads,
         data_path=args.data, artifacts=args.artifacts, study=args.study, n_trials=args.n_trials,
         timeout=args.timeout, seed=args.seed, progress=not args.no_progress, verbose=args.verbose,
+        artifact_store=args.artifact_store,
     ))
     if args.json:
         print(json.dumps(res.__dict__, default=str, indent=2))
@@ -171,6 +177,7 @@ def _worker(args: argparse.Namespace) -> int:
         storage=args.storage, study=args.study, data_path=args.data,
         artifacts=args.artifacts or default_artifacts(args.storage), threads=args.threads,
         heartbeat_interval=args.heartbeat, grace_period=args.grace, max_retry=args.retries,
+        artifact_store=args.artifact_store,
     ))
     logging.getLogger("atml.worker").info("worker ran %d trials", n)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -13,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import optuna
+import optuna.artifacts
 import torch
 
+from atml import gate as g
 from atml.data import DataSpec, load_dataset
 from atml.models import build_model, count_parameters
 from atml.samplers import _trial_seed
@@ -120,16 +123,33 @@ class Objective:
         data: PreparedData,
         artifacts: str | Path,
         should_stop: Callable[[], bool] | None = None,
+        artifact_store: str | None = None,
     ) -> None:
+        self.artifact_store = artifact_store
         self.space = space
         self.data = data
         self.artifacts = Path(artifacts)
         self.should_stop = should_stop
+        self.param_index = {p.name: p for p in space.params}
+
+    def _skip(self, trial: optuna.Trial, reason: str, avoid: bool = False) -> None:
+        """End a trial without training (pruned: the sampler ranks it among the worst)."""
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr("skipped", True)  # not trained: does not use up the budget
+        if avoid:
+            g.add_avoid(trial.study, g.AvoidEntry(trial.number, dict(trial.params), reason))
+        raise optuna.TrialPruned(reason)
 
     def __call__(self, trial: optuna.Trial) -> float:
         t0 = time.perf_counter()
         params = self.space.suggest(trial)
         trial.set_user_attr("worker", worker_id())
+        gate = self.space.gate
+        study = trial.study
+        hit = g.find_match(trial.params, g.avoid_entries(study.user_attrs), self.param_index, gate.radius)
+        if hit is not None:
+            trial.set_user_attr("avoided_by", hit.trial)
+            self._skip(trial, f"avoided: inside the neighbourhood of trial {hit.trial} ({hit.reason})")
         seed = _trial_seed(self.space.study.seed, trial.number)
         torch.manual_seed(seed)
         fam, hp = params["model"]["family"], params["model"]["hparams"]
@@ -137,6 +157,12 @@ class Objective:
         model = build_model(fam, in_channels=d.n_leads, n_classes=len(d.classes), **hp)
         n_params = count_parameters(model)
         trial.set_user_attr("n_params", n_params)
+        onnx_kb = None
+        if gate.max_onnx_kb is not None:
+            onnx_kb = _onnx_kb(model, d.n_leads, d.n_samples)
+            trial.set_user_attr("onnx_kb", round(onnx_kb, 2))
+            if onnx_kb > gate.max_onnx_kb:
+                self._skip(trial, f"size limit: ONNX {onnx_kb:.1f} KB > max_onnx_kb {gate.max_onnx_kb:g}", avoid=True)
         st = self.space.study
         cfg = TrainConfig.from_params(params["train"], seed=seed, metric=st.metric, direction=st.direction)
         history: list[dict[str, float]] = []
@@ -144,6 +170,11 @@ class Objective:
         def report(epoch: int, value: float, m: dict[str, float]) -> None:
             history.append({k: float(m[k]) for k in ("train_loss", "val_loss", st.metric) if k in m})
             trial.report(value, epoch)
+            stopped = study.user_attrs.get(g.STOP_ATTR)
+            if stopped:
+                trial.set_user_attr("history", history)
+                trial.set_user_attr("reason", f"study stopped ({stopped})")
+                raise optuna.TrialPruned(f"study stopped: {stopped}")
             if trial.should_prune():
                 trial.set_user_attr("history", history)
                 trial.set_user_attr("reason", f"pruned by {st.pruner['type']} at epoch {epoch}")
@@ -170,5 +201,80 @@ class Objective:
         trial.set_user_attr("checkpoint", str(ck_path.relative_to(self.artifacts / st.name)))
         trial.set_user_attr("epoch_seconds", round(res.epoch_seconds, 3))
         trial.set_user_attr("trial_seconds", round(time.perf_counter() - t0, 3))
+        if gate.enabled:
+            model.load_state_dict(res.state_dict)
+            self._gate(trial, model, metrics, params, ck_path, onnx_kb)
         value = metrics["val_loss"] if st.metric == "val_loss" else metrics[st.metric]
         return value
+
+    def _gate(self, trial: optuna.Trial, model: torch.nn.Module, metrics: dict[str, float],
+              params: dict[str, Any], ck_path: Path, onnx_kb: float | None) -> None:
+        gate, study = self.space.gate, trial.study
+        lo, hi = g.lo_hi(metrics, gate.metrics)
+        trial.set_user_attr("gate", {"lo": lo, "hi": hi})
+        gate_metrics = {k: metrics[k] for k in gate.metrics}
+        if gate.avoid_below is not None and not lo >= gate.avoid_below:
+            reason = f"lowest metric {lo:.4f} < avoid_below {gate.avoid_below:g}"
+            g.add_avoid(study, g.AvoidEntry(trial.number, dict(trial.params), reason, gate_metrics))
+            trial.set_user_attr("gate_result", "avoided")
+        elif gate.pass_ is not None and lo >= gate.pass_:
+            better = [r for r in g.gate_records(study.user_attrs) if (r["lo"], r["hi"]) >= (lo, hi)]
+            if len(better) < gate.keep:
+                self._file(trial, model, metrics, params, ck_path, lo, hi)
+            else:
+                trial.set_user_attr("gate_result", f"passed, not among the best {gate.keep}")
+        finished = [(t.number, t.user_attrs["gate"]["lo"])
+                    for t in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                                    key=lambda t: t.datetime_complete)
+                    if "gate" in t.user_attrs]
+        reason = g.stop_reason(gate, [*finished, (trial.number, lo)])
+        if reason and not study.user_attrs.get(g.STOP_ATTR):
+            study.set_user_attr(g.STOP_ATTR, reason)
+
+    def _file(self, trial: optuna.Trial, model: torch.nn.Module, metrics: dict[str, float],
+              params: dict[str, Any], ck_path: Path, lo: float, hi: float) -> None:
+        import shutil
+
+        gate, study, d = self.space.gate, trial.study, self.data
+        gate_dir = self.artifacts / self.space.study.name / "gate"
+        writers = {
+            "model.onnx": lambda p: _write_onnx(model, p, d.n_leads, d.n_samples),
+            "model.pt": lambda p: shutil.copyfile(ck_path, p),
+            "evaluation_metrics.txt": g.write_text(g.evaluation_metrics_txt(metrics, gate.metrics, trial.number)),
+            "metrics.json": g.write_text(json.dumps({"trial": trial.number, "split": "validation",
+                                                     **{k: metrics[k] for k in metrics}}, indent=2)),
+            "params.yaml": g.write_yaml({"trial": trial.number, "study": self.space.study.name,
+                                         "params": dict(trial.params), "config": params}),
+        }
+        folder = g.file_folder(gate_dir, g.folder_name(hi, lo), trial.number, writers)
+        # Other machines materialise the folder from the artifact store (atml gate sync).
+        store = g.artifact_store(self.artifact_store or self.artifacts / "artifact-store")
+        ids = {f: optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(folder / f),
+                                                   study_or_trial=trial) for f in sorted(writers)}
+        g.record_folder(study, {"trial": trial.number, "folder": folder.name, "lo": lo, "hi": hi,
+                                "metrics": {k: metrics[k] for k in gate.metrics}, "files": sorted(writers),
+                                "artifacts": ids})
+        trial.set_user_attr("gate_result", f"filed {folder.name}")
+        trial.set_user_attr("gate_folder", folder.name)
+        g.enforce_keep(study, gate_dir, gate.keep)
+
+
+def _write_onnx(model: torch.nn.Module, path: Path, n_leads: int, n_samples: int) -> None:
+    """ONNX with a dynamic batch axis (opset 17, TorchScript exporter: fast and small)."""
+    import warnings
+
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.zeros(1, n_leads, n_samples),), str(path), input_names=["ecg"],
+            output_names=["logits"], dynamic_axes={"ecg": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17, dynamo=False,
+        )
+
+
+def _onnx_kb(model: torch.nn.Module, n_leads: int, n_samples: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "m.onnx"
+        _write_onnx(model, p, n_leads, n_samples)
+        return p.stat().st_size / 1024

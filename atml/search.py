@@ -48,6 +48,7 @@ class SearchOptions:
     seed: int | None = None
     progress: bool = True
     verbose: bool = False
+    artifact_store: str | None = None
 
 
 @dataclass
@@ -171,6 +172,8 @@ def _spawn(opts: SearchOptions, study: str, artifacts: str, storage_url: str, lo
             cmd += ["--data", str(Path(opts.data_path).resolve())]
         if opts.verbose:
             cmd.append("--verbose")
+        if opts.artifact_store:
+            cmd += ["--artifact-store", opts.artifact_store]
         path = log_dir / f"worker-{i}.log"
         fh = open(path, "ab")
         # Own process group: Ctrl-C reaches the workers only through us, so we can

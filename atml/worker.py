@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,18 @@ import optuna
 from optuna.trial import TrialState
 
 from atml.errors import StorageError
+from atml.gate import STOP_ATTR, AvoidEntry, add_avoid, clean_partial
 from atml.objective import Objective, data_spec, prepare_data
 from atml.samplers import make_pruner, make_sampler
 from atml.space import SearchSpace, space_from_dict
-from atml.storage import SPACE_ATTR, open_storage, study_names, worker_id
+from atml.storage import SPACE_ATTR, Backoff, is_transient, open_storage, retrying, study_names, worker_id
 from atml.train import Interrupted
 
 __all__ = ["WorkerOptions", "run_worker", "load_study_space", "budget_left", "STOP_ATTR", "DEADLINE_ATTR"]
 
 log = logging.getLogger(__name__)
 
-STOP_ATTR = "atml.stop_reason"
+
 DEADLINE_ATTR = "atml.deadline"
 _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -52,6 +54,7 @@ class WorkerOptions:
     grace_period: int = 30
     max_retry: int = 2
     max_failures: int = 5  # consecutive failed trials before this worker gives up
+    artifact_store: str | None = None  # path or s3://bucket; default <artifacts>/artifact-store
 
 
 def load_study_space(storage: Any, name: str) -> SearchSpace:
@@ -78,9 +81,13 @@ def budget_left(study: optuna.Study, space: SearchSpace) -> tuple[bool, str | No
     n = space.budget.n_trials
     if n is not None:
         trials = study.get_trials(deepcopy=False, states=(*_COUNTED, TrialState.RUNNING))
+        skipped = sum(bool(t.user_attrs.get("skipped")) for t in trials)
+        trials = [t for t in trials if not t.user_attrs.get("skipped")]
         done = sum(t.state in _COUNTED for t in trials)
         if done >= n:
             return False, f"n_trials reached ({n})"
+        if skipped > 10 * n + 50:
+            return False, f"avoid list covers the space: {skipped} sampled points skipped"
         if len(trials) >= n:
             return False, None  # the rest of the budget is running elsewhere
     return True, None
@@ -127,19 +134,20 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
 
         raise DataError(f"data path {spec.path} does not exist on this machine (pass --data)")
     data = prepare_data(spec, Path(opts.artifacts) / "cache")
+    clean_partial(Path(opts.artifacts) / opts.study / "gate")
     epochs = int(space.train_fixed.get("epochs", 20))
     study = optuna.load_study(
         study_name=opts.study, storage=storage,
         sampler=make_sampler(space.study), pruner=make_pruner(space.study, epochs),
     )
-    objective = Objective(space, data, opts.artifacts, should_stop=stop)
+    objective = Objective(space, data, opts.artifacts, should_stop=stop, artifact_store=opts.artifact_store)
 
     def guarded(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
         n = space.budget.n_trials
         if n is not None:
             ahead = study.get_trials(deepcopy=False, states=(*_COUNTED, TrialState.RUNNING))
-            if sum(t.number < trial.number for t in ahead) >= n:
+            if sum(t.number < trial.number and not t.user_attrs.get("skipped") for t in ahead) >= n:
                 trial.set_user_attr("reason", "over budget: the last slot was taken by another worker")
                 raise OverBudget(f"trial {trial.number} is past the budget of {n}")
         try:
@@ -147,25 +155,55 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
         except Interrupted:
             trial.set_user_attr("reason", "interrupted: the worker was stopped")
             raise
+        except (optuna.TrialPruned, OverBudget):
+            raise
+        except Exception as e:  # a crash (or out of memory) marks a bad region
+            reason = f"crashed: {type(e).__name__}: {str(e)[:200]}"
+            trial.set_user_attr("reason", reason)
+            if trial.params:
+                add_avoid(study, AvoidEntry(trial.number, dict(trial.params), reason))
+            raise
 
     ran = failures = 0
     finished: list[optuna.trial.FrozenTrial] = []
     log.info("worker joined study %s (%d x %d samples, %d train / %d val segments)",
              opts.study, data.n_leads, data.n_samples, len(data.y_train), len(data.y_val))
+    outage = Backoff("worker loop")  # storage lost outside the objective: wait, not a trial failure
     while not stop():
-        ok, reason = budget_left(study, space)
+        ok, reason = retrying(budget_left, study, space, what="budget check")
         if not ok:
-            if reason and not study.user_attrs.get(STOP_ATTR):
-                study.set_user_attr(STOP_ATTR, reason)
+            if reason is None:
+                # The rest of the budget is running on other workers. Stay: if one of them
+                # dies, its trial is failed here once its heartbeat is stale, and retried.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    retrying(optuna.storages.fail_stale_trials, study, what="stale trial check")
+                stop.event.wait(min(2.0, opts.heartbeat_interval))
+                continue
+            if not retrying(lambda: study.user_attrs.get(STOP_ATTR), what="stop reason"):
+                retrying(study.set_user_attr, STOP_ATTR, reason, what="stop reason")
             break
         finished.clear()
-        study.optimize(guarded, n_trials=1, catch=(Exception,),
-                       callbacks=[lambda _s, ft: finished.append(ft)])
+        broken = False
+        try:
+            study.optimize(guarded, n_trials=1, catch=(Exception,),
+                           callbacks=[lambda _s, ft: finished.append(ft)])
+        except StorageError:  # an outage longer than RETRY_WAIT: give up
+            raise
+        except Exception as e:
+            if is_transient(e):  # stale check, ask or tell lost the database
+                outage.wait(e)
+                continue
+            # e.g. another worker failed our trial while our heartbeats could not be written
+            log.warning("trial ended outside its objective: %s: %s", type(e).__name__, e, exc_info=True)
+            broken = True
+        else:
+            outage.reset()
         ran += 1
         ft = finished[-1] if finished else None
         if ft is not None and ft.user_attrs.get("reason", "").startswith("over budget"):
             continue
-        failures = failures + 1 if ft is not None and ft.state == TrialState.FAIL else 0
+        failures = failures + 1 if broken or (ft is not None and ft.state == TrialState.FAIL) else 0
         if failures >= opts.max_failures:
             log.error("%d trials in a row failed; this worker stops", failures)
             break
