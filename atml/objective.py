@@ -157,10 +157,11 @@ class Objective:
         model = build_model(fam, in_channels=d.n_leads, n_classes=len(d.classes), **hp)
         n_params = count_parameters(model)
         trial.set_user_attr("n_params", n_params)
-        onnx_kb = None
+        # Size is known before training: measured for every trial (the dashboard plots
+        # metric against size) and a size limit rejects a model without training it.
+        onnx_kb = _onnx_kb(model, d.n_leads, d.n_samples)
+        trial.set_user_attr("onnx_kb", round(onnx_kb, 2))
         if gate.max_onnx_kb is not None:
-            onnx_kb = _onnx_kb(model, d.n_leads, d.n_samples)
-            trial.set_user_attr("onnx_kb", round(onnx_kb, 2))
             if onnx_kb > gate.max_onnx_kb:
                 self._skip(trial, f"size limit: ONNX {onnx_kb:.1f} KB > max_onnx_kb {gate.max_onnx_kb:g}", avoid=True)
         st = self.space.study

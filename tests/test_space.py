@@ -32,6 +32,12 @@ def test_shipped_afib_space_loads_and_suggests_conditionally(tmp_path):
     assert seen == set(space.families)
 
 
+@pytest.mark.parametrize("path", sorted(__import__("glob").glob("search_spaces/*.yaml")))
+def test_every_shipped_space_is_valid(path, shared_data):
+    space = load_space(path)
+    assert space.params and space.budget.n_trials
+
+
 def test_param_kinds_and_fixed_values():
     raw = small_space()
     raw["train"]["weight_decay"] = {"type": "float", "low": 0.0, "high": 0.1, "step": 0.05}
