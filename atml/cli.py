@@ -1,4 +1,5 @@
-"""Command line: ``atml search|worker|studies``.
+"""Command line: ``atml search|worker|studies`` here; ``export|evaluate``, ``dashboard``,
+``avoid|gate`` in their own light modules (``atml.cli_*``).
 
 User errors (:class:`AtmlError`) become one line on stderr and exit code 2.
 """

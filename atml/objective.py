@@ -19,6 +19,7 @@ import torch
 
 from atml import gate as g
 from atml.data import DataSpec, load_dataset
+from atml.export import export_onnx, onnx_size_kb
 from atml.models import build_model, count_parameters
 from atml.samplers import _trial_seed
 from atml.space import SearchSpace
@@ -159,7 +160,7 @@ class Objective:
         trial.set_user_attr("n_params", n_params)
         # Size is known before training: measured for every trial (the dashboard plots
         # metric against size) and a size limit rejects a model without training it.
-        onnx_kb = _onnx_kb(model, d.n_leads, d.n_samples)
+        onnx_kb = onnx_size_kb(model, d.n_leads, d.n_samples)
         trial.set_user_attr("onnx_kb", round(onnx_kb, 2))
         if gate.max_onnx_kb is not None:
             if onnx_kb > gate.max_onnx_kb:
@@ -239,7 +240,7 @@ class Objective:
         gate, study, d = self.space.gate, trial.study, self.data
         gate_dir = self.artifacts / self.space.study.name / "gate"
         writers = {
-            "model.onnx": lambda p: _write_onnx(model, p, d.n_leads, d.n_samples),
+            "model.onnx": lambda p: p.write_bytes(export_onnx(model, d.n_leads, d.n_samples)),
             "model.pt": lambda p: shutil.copyfile(ck_path, p),
             "evaluation_metrics.txt": g.write_text(g.evaluation_metrics_txt(metrics, gate.metrics, trial.number)),
             "metrics.json": g.write_text(json.dumps({"trial": trial.number, "split": "validation",
@@ -258,24 +259,3 @@ class Objective:
         trial.set_user_attr("gate_result", f"filed {folder.name}")
         trial.set_user_attr("gate_folder", folder.name)
         g.enforce_keep(study, gate_dir, gate.keep)
-
-
-def _write_onnx(model: torch.nn.Module, path: Path, n_leads: int, n_samples: int) -> None:
-    """ONNX with a dynamic batch axis (opset 17, TorchScript exporter: fast and small)."""
-    import warnings
-
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (torch.zeros(1, n_leads, n_samples),), str(path), input_names=["ecg"],
-            output_names=["logits"], dynamic_axes={"ecg": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17, dynamo=False,
-        )
-
-
-def _onnx_kb(model: torch.nn.Module, n_leads: int, n_samples: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "m.onnx"
-        _write_onnx(model, p, n_leads, n_samples)
-        return p.stat().st_size / 1024

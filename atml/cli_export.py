@@ -1,0 +1,128 @@
+"""``atml export`` and ``atml evaluate``: registered into :mod:`atml.cli` via ``add_commands``.
+
+Light on purpose: torch, onnx and onnxruntime are imported inside the handlers so that
+``atml --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["add_commands"]
+
+_METRICS = ("f1", "accuracy", "precision", "recall", "auroc")
+
+
+def add_commands(subparsers: Any, storage_arg: Callable[[argparse.ArgumentParser], None]) -> dict[str, Callable]:
+    """Register ``export`` and ``evaluate``; returns {command: handler(args) -> exit code}."""
+    e = subparsers.add_parser("export", help="export a trial (default: the best) to a verified ONNX file")
+    storage_arg(e)
+    e.add_argument("--study", required=True, help="study name")
+    e.add_argument("--trial", type=int, default=None, help="trial number (default: the study's best trial)")
+    e.add_argument("--out", required=True, help="ONNX file to write, e.g. best.onnx (sidecar: <out>.json)")
+    e.add_argument("--int8", action="store_true",
+                   help="also write <name>.int8.onnx (static QDQ int8, calibrated on training segments)")
+    e.add_argument("--artifacts", default=os.environ.get("ATML_ARTIFACTS"),
+                   help="folder holding <study>/trials/ (default: beside the SQLite file, else ./studies)")
+    e.add_argument("--data", default=None, help="local copy of the study's data (default: the stored path)")
+    e.add_argument("--json", action="store_true", help="print the sidecar(s) as one JSON object")
+    e.add_argument("-v", "--verbose", action="store_true")
+    e.set_defaults(quiet=True)  # warnings only, so an error stays the one line on stderr
+
+    v = subparsers.add_parser("evaluate", help="score an exported ONNX model on labelled data (the official test)")
+    v.add_argument("--model", required=True, help="ONNX file written by atml export (its .json sidecar beside it)")
+    v.add_argument("--data", required=True, help="labelled data: folder of IESD .txt segments, .npz, ...")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--batch-latency", action="store_true", help="also time batches of 16 and 128 segments")
+    v.add_argument("--runs", type=int, default=200, help="timed batch-1 runs after 20 warm-up runs (default 200)")
+    v.add_argument("-v", "--verbose", action="store_true")
+    v.set_defaults(quiet=True)
+    return {"export": _export, "evaluate": _evaluate}
+
+
+def _f(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _metric_line(m: dict[str, Any] | None) -> str:
+    return "  ".join(f"{k} {_f(m.get(k))}" for k in _METRICS) if m else "n/a"
+
+
+def _export(args: argparse.Namespace) -> int:
+    from atml.errors import ExportError
+    from atml.export import export_trial, sidecar_path
+
+    if args.trial is not None and args.trial < 0:
+        raise ExportError(f"--trial must be >= 0 (got {args.trial})")
+    res = export_trial(args.storage, args.study, args.out, trial=args.trial, int8=args.int8,
+                       artifacts=args.artifacts, data_path=args.data)
+    s = res.sidecar
+    if args.json:
+        print(json.dumps({"model": str(res.path), "sidecar": s, "int8_model": str(res.int8_path or "") or None,
+                          "int8_sidecar": res.int8_sidecar}, indent=2))
+        return 0
+    shape = s["input"]["shape"]
+    par = s["parity"]
+    print(f"exported trial #{s['trial']['number']} of study {s['study']!r} ({s['family']}, "
+          f"{s['n_params']} parameters) -> {res.path}")
+    print(f"  onnx opset {s['opset']}: input {s['input']['name']} [{', '.join(map(str, shape))}] float32 "
+          f"@ {s['fs']} Hz, output {s['output']['name']} [{', '.join(map(str, s['output']['shape']))}]; "
+          "onnx.checker ok")
+    print(f"  parity vs torch on {par['segments']} validation segments: max |diff| {par['max_abs_diff']:.3g} "
+          f"(< {par['tolerance']:g})")
+    print(f"  size {s['size_bytes']} bytes ({s['size_kb']:.1f} KB)  sha256 {s['sha256'][:16]}...")
+    print(f"  validation ({s['validation']['segments']} segments, onnxruntime): {_metric_line(s['metrics']['float'])}")
+    if res.int8_sidecar is not None:
+        q = res.int8_sidecar
+        ratio = q["size_bytes"] / s["size_bytes"]
+        print(f"  int8 -> {res.int8_path}: {q['size_bytes']} bytes ({q['size_kb']:.1f} KB, {ratio:.2f}x float), "
+              f"agreement with float {q['quantization']['agreement_with_float']:.3f}")
+        print(f"  int8 validation: {_metric_line(q['metrics']['int8'])}")
+    print(f"  sidecar {sidecar_path(res.path)}" + (f", {sidecar_path(res.int8_path)}" if res.int8_path else "")
+          + f"  ({res.seconds:.1f} s)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from atml.errors import ExportError
+    from atml.onnx_eval import evaluate_model
+
+    if args.runs < 1:
+        raise ExportError(f"--runs must be >= 1 (got {args.runs})")
+    ev = evaluate_model(args.model, args.data, batch_latency=args.batch_latency, runs=args.runs)
+    d = ev.to_dict()
+    if args.json:
+        print(json.dumps(d, indent=2, allow_nan=False))
+        return 0
+    print(f"model {d['model']} ({d['precision']}, {d['size_bytes']} bytes = {d['size_kb']:.1f} KB, "
+          f"input [{', '.join(map(str, d['input_shape']))}])")
+    print(f"data  {d['data']} ({d['format']}): {d['segments']} segments, {d['subjects']} subjects"
+          + (f", {d['skipped']} skipped" if d["skipped"] else ""))
+    print(f"  test:       {_metric_line(d['metrics'])}")
+    if d["validation_metrics"]:
+        print(f"  validation: {_metric_line(d['validation_metrics'])}  (search split, from the sidecar)")
+    neg, pos = d["classes"][0], d["classes"][1]
+    (tn, fp), (fn, tp) = d["confusion"]["matrix"]
+    w = max(len(neg), len(pos), 8)
+    print(f"  confusion (rows true, columns predicted):\n    {'':{w}s} {neg:>{w}s} {pos:>{w}s}\n"
+          f"    {neg:{w}s} {tn:>{w}d} {fp:>{w}d}\n    {pos:{w}s} {fn:>{w}d} {tp:>{w}d}")
+    print(f"  per subject:\n    {'subject':10s} {'segments':>8s} {'positives':>9s} {'accuracy':>8s} {'f1':>6s}")
+    for r in d["per_subject"]:
+        print(f"    {r['subject']:10s} {r['segments']:8d} {r['positives']:9d} {r['accuracy']:8.3f} "
+              f"{_f(r['f1']) if r['f1'] is None else format(r['f1'], '.3f'):>6s}")
+    lat = d["latency"]
+    print(f"  latency per segment, batch 1, 1 thread: mean {lat['mean_ms']:.3f} ms  p95 {lat['p95_ms']:.3f} ms  "
+          f"({lat['runs']} runs after {lat['warmup']} warm-up)")
+    for b in d["batch_latency"]:
+        print(f"  latency per segment, batch {b['batch']}, 1 thread: mean {b['mean_ms']:.3f} ms  "
+              f"p95 {b['p95_ms']:.3f} ms")
+    if d["sha256_matches_sidecar"] is False:
+        print("  note: the model file differs from the one its sidecar describes (sha256)")
+    return 0

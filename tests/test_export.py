@@ -1,0 +1,290 @@
+"""`atml export` / `atml evaluate` end to end: a real tiny search, real ONNX files, real ECG."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import optuna
+import pytest
+import yaml
+from _helpers import small_space
+
+from atml.cli import main
+from atml.data import DataSpec, load_dataset
+from atml.errors import ExportError
+from atml.export import export_onnx, export_trial, onnx_size_kb, write_files
+from atml.models import build_model
+from atml.objective import load_checkpoint
+from atml.onnx_eval import ort_session, sidecar_path
+from atml.storage import open_storage
+
+pytestmark = pytest.mark.slow
+
+STUDY = "exp"
+METRICS = {"f1", "accuracy", "precision", "recall", "auroc"}
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, atml_cmd_module) -> SimpleNamespace:
+    """A real 2-trial search on synthetic data, plus a pruned trial without checkpoint."""
+    root = tmp_path_factory.mktemp("export")
+    space = root / "space.yaml"
+    space.write_text(yaml.safe_dump(small_space(STUDY, n_trials=2, epochs=2)))
+    db = root / "studies" / "atml.db"
+    url = f"sqlite:///{db}"
+    r = _run([*atml_cmd_module, "search", "--space", str(space), "--storage", url, "--workers", "1",
+              "--no-progress"], cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    st = optuna.load_study(study_name=STUDY, storage=open_storage(url))
+    best = st.best_trial
+    st.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED,
+                                           user_attrs={"reason": "pruned by median at epoch 0"}))
+    pruned = len(st.trials) - 1
+    return SimpleNamespace(root=root, url=url, best=best, pruned=pruned,
+                           checkpoint=root / "studies" / STUDY / best.user_attrs["checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def atml_cmd_module() -> list[str]:
+    return [sys.executable, "-m", "atml"]
+
+
+@pytest.fixture(scope="module")
+def exported(study, atml_cmd_module) -> SimpleNamespace:
+    out = study.root / "out"
+    out.mkdir()
+    r = _run([*atml_cmd_module, "export", "--storage", study.url, "--study", STUDY, "--out",
+              str(out / "best.onnx"), "--int8"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    return SimpleNamespace(stdout=r.stdout, stderr=r.stderr, model=out / "best.onnx",
+                           int8=out / "best.int8.onnx", side=json.loads((out / "best.onnx.json").read_text()),
+                           int8_side=json.loads((out / "best.int8.onnx.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def real_x(txt_sample, tmp_path_factory) -> np.ndarray:
+    """z-scored real IESD segments (N, 1, 1250)."""
+    ds = load_dataset(DataSpec(path=str(txt_sample)), tmp_path_factory.mktemp("cache"))
+    return np.array(ds.x[:64], dtype=np.float32)  # a writable copy of the memmap
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("atml: error: ")
+    return err[0]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_prints_parity_and_passes_checker(exported):
+    m = re.search(r"parity vs torch on (\d+) validation segments: max \|diff\| (\S+)", exported.stdout)
+    assert m, exported.stdout
+    assert int(m.group(1)) == exported.side["validation"]["segments"] and float(m.group(2)) < 1e-4
+    assert exported.stderr.strip() == ""
+    model = onnx.load(exported.model)
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    (inp,), (out,) = model.graph.input, model.graph.output
+    assert inp.name == "ecg" and out.name == "logits"
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 1250]
+    assert exported.model.stat().st_mode & 0o044, "files keep umask permissions"
+
+
+def test_dynamic_batch_matches_torch_on_real_segments(exported, study, real_x):
+    import torch
+
+    model, _ = load_checkpoint(study.checkpoint)
+    session = ort_session(exported.model)
+    for batch in (1, 7):
+        x = real_x[:batch]
+        (got,) = session.run(None, {"ecg": x})
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        assert got.shape == (batch, 2)
+        assert np.abs(got - expected).max() < 1e-4
+
+
+def test_sidecar_contents(exported, study):
+    s, best = exported.side, study.best
+    assert s["input"] == {"name": "ecg", "shape": ["batch", 1, 1250], "leads": 1, "samples": 1250,
+                          "dtype": "float32"}
+    assert s["output"]["name"] == "logits" and s["output"]["shape"] == ["batch", 2]
+    assert s["fs"] == 250 and s["preprocessing"]["normalize"] == "zscore"
+    assert s["preprocessing"]["segment_length"] == 1250
+    assert s["classes"] == ["non-AFIB", "AFIB"] and s["positive_class"] == "AFIB"
+    assert s["positive_labels"] == ["AFIB"] and s["drop_labels"] == ["UNK"]
+    assert set(s["metrics"]["float"]) >= METRICS and set(s["metrics"]["int8"]) >= METRICS
+    # the ONNX model scores exactly what torch scored on the same validation split
+    assert s["metrics"]["float"]["f1"] == pytest.approx(best.user_attrs["metrics"]["f1"])
+    assert s["trial"]["number"] == best.number and s["trial"]["params"] == best.params
+    assert s["study"] == STUDY and s["n_params"] == best.user_attrs["n_params"] and s["opset"] == 17
+    blob = exported.model.read_bytes()
+    assert s["size_bytes"] == len(blob) and s["size_kb"] == pytest.approx(len(blob) / 1024, abs=0.01)
+    assert s["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert s["parity"]["max_abs_diff"] < 1e-4 and s["precision"] == "float32"
+    q = exported.int8_side
+    assert q["precision"] == "int8" and q["sha256"] == hashlib.sha256(exported.int8.read_bytes()).hexdigest()
+    assert q["quantization"]["method"].startswith("onnxruntime static") and q["metrics"] == s["metrics"]
+
+
+def test_int8_model_runs_scores_and_is_smaller(exported, real_x):
+    onnx.checker.check_model(onnx.load(exported.int8))
+    session = ort_session(exported.int8)
+    (logits,) = session.run(None, {"ecg": real_x[:3]})
+    assert logits.shape == (3, 2) and np.isfinite(logits).all()
+    assert exported.int8.stat().st_size < exported.model.stat().st_size
+    assert exported.int8_side["size_bytes"] == exported.int8.stat().st_size
+    m = exported.int8_side["metrics"]["int8"]
+    assert all(m[k] is None or 0.0 <= m[k] <= 1.0 for k in METRICS)
+    assert "int8 ->" in exported.stdout and "int8 validation: f1" in exported.stdout
+
+
+def test_onnx_size_kb_matches_export_and_is_fast(study, exported):
+    model, ck = load_checkpoint(study.checkpoint)
+    onnx_size_kb(model, 1, 1250)  # first call pays the exporter's one-off set-up
+    t = time.perf_counter()
+    kb = onnx_size_kb(model, 1, 1250)
+    took = time.perf_counter() - t
+    assert kb == pytest.approx(exported.side["size_kb"], rel=0.01)
+    assert took < 1.5, f"onnx_size_kb took {took:.2f} s"
+    model.train()
+    onnx_size_kb(model, 1, 1250)
+    assert model.training, "the model's mode is restored"
+
+
+def test_export_on_real_data_and_no_partial_files(study, txt_sample, tmp_path):
+    out = tmp_path / "real.onnx"
+    sidecar_path(out).mkdir()  # makes the last step (renaming into place) fail
+    with pytest.raises(ExportError, match=r"cannot write .*real\.onnx\.json"):
+        export_trial(study.url, STUDY, out, data_path=str(txt_sample))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real.onnx.json"], "no model, no temp files"
+    sidecar_path(out).rmdir()
+    res = export_trial(study.url, STUDY, out, data_path=str(txt_sample))
+    s = res.sidecar
+    assert s["validation"]["source"] == str(txt_sample) and s["parity"]["max_abs_diff"] < 1e-4
+    assert s["validation"]["segments"] == s["parity"]["segments"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real.onnx", "real.onnx.json"]
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_json_on_real_ecg(exported, txt_sample, atml_cmd_module):
+    r = _run([*atml_cmd_module, "evaluate", "--model", str(exported.model), "--data", str(txt_sample),
+              "--json", "--runs", "50"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    assert d["segments"] == 344 and d["subjects"] == 3 and d["format"] == "iesd_txt"
+    assert set(d["metrics"]) == METRICS
+    (tn, fp), (fn, tp) = d["confusion"]["matrix"]
+    assert tn + fp + fn + tp == 344 and fn + tp == 90  # 90 AFIB segments in the sample
+    rows = d["per_subject"]
+    assert [r["subject"] for r in rows] == ["S1", "S19", "S36"]
+    assert sum(r["segments"] for r in rows) == 344 and sum(r["positives"] for r in rows) == 90
+    lat = d["latency"]
+    assert lat["batch"] == 1 and lat["threads"] == 1 and lat["runs"] == 50
+    assert 0 < lat["p50_ms"] <= lat["p95_ms"] and lat["mean_ms"] > 0
+    assert d["size_bytes"] == exported.model.stat().st_size and d["sha256_matches_sidecar"] is True
+
+
+def test_evaluate_text_report_int8(exported, txt_sample, capsys):
+    rc = main(["evaluate", "--model", str(exported.int8), "--data", str(txt_sample), "--batch-latency",
+               "--runs", "30"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "344 segments, 3 subjects" in out and "(int8," in out
+    assert re.search(r"test: +f1 [\d.]+ +accuracy [\d.]+ +precision [\d.]+ +recall [\d.]+ +auroc", out)
+    assert "confusion (rows true, columns predicted)" in out
+    for subj in ("S1", "S19", "S36"):
+        assert re.search(rf"^ +{subj} +\d+ +\d+ ", out, re.M), out
+    assert re.search(r"batch 1, 1 thread: mean [\d.]+ ms +p95 [\d.]+ ms", out)
+    assert "batch 16" in out and "batch 128" in out
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_unknown_study_one_line_exit_2(study, atml_cmd_module, tmp_path):
+    r = _run([*atml_cmd_module, "export", "--storage", study.url, "--study", "nope", "--out",
+              str(tmp_path / "x.onnx")])
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "study 'nope' not found" in lines[0] and STUDY in lines[0], r.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("extra", "expect"), [
+    (["--trial", "99"], r"no trial #99 \(trials: 0\.\.2\)"),
+    (["--trial", "PRUNED"], r"trial #\d+ of study 'exp' is PRUNED and has no checkpoint"),
+    (["--artifacts", "EMPTY"], r"checkpoint of trial #\d+ not found on this machine: .*model\.pt"),
+    (["--data", "MISSING"], r"data path .*missing-data of study 'exp' does not exist on this machine"),
+])
+def test_export_bad_inputs(study, tmp_path, capsys, extra, expect):
+    extra = [{"PRUNED": str(study.pruned), "EMPTY": str(tmp_path), "MISSING": str(tmp_path / "missing-data")}
+             .get(a, a) for a in extra]
+    rc = main(["export", "--storage", study.url, "--study", STUDY, "--out", str(tmp_path / "x.onnx"), *extra])
+    assert rc == 2
+    assert re.search(expect, _one_error_line(capsys))
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_missing_storage(tmp_path, capsys):
+    rc = main(["export", "--storage", f"sqlite:///{tmp_path}/none.db", "--study", STUDY, "--out",
+               str(tmp_path / "x.onnx")])
+    assert rc == 2 and "no such database file" in _one_error_line(capsys)
+
+
+def _write_model(path: Path, blob: bytes, side: dict, **changes) -> Path:
+    s = json.loads(json.dumps(side))
+    for section, fields in changes.items():
+        s[section].update(fields)
+    write_files({sidecar_path(path): json.dumps(s).encode(), path: blob})
+    return path
+
+
+def test_evaluate_bad_inputs(exported, txt_sample, tmp_path, capsys):
+    def err(model: Path) -> str:
+        assert main(["evaluate", "--model", str(model), "--data", str(txt_sample)]) == 2
+        return _one_error_line(capsys)
+
+    assert f"model file not found: {tmp_path / 'gone.onnx'}" in err(tmp_path / "gone.onnx")
+
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(exported.model, lone)
+    assert f"sidecar {lone}.json not found" in err(lone)
+
+    junk = _write_model(tmp_path / "junk.onnx", b"not an onnx model", exported.side)
+    assert f"{junk}: not a valid ONNX model" in err(junk)
+
+    twelve = export_onnx(build_model("afnet", in_channels=12, n_classes=2, width=4, depth=2), 12, 1250)
+    m12 = _write_model(tmp_path / "m12.onnx", twelve, exported.side,
+                       input={"leads": 12, "shape": ["batch", 12, 1250]})
+    msg = err(m12)
+    assert "segments [1, 1250]" in msg and "expects [batch, 12, 1250]" in msg
+
+    long = export_onnx(build_model("afnet", in_channels=1, n_classes=2, width=4, depth=2), 1, 2500)
+    m2500 = _write_model(tmp_path / "m2500.onnx", long, exported.side,
+                         input={"samples": 2500, "shape": ["batch", 1, 2500]},
+                         preprocessing={"segment_length": 2500})
+    msg = err(m2500)
+    assert "1250 samples, expected 2500" in msg and "expects [batch, 1, 2500]" in msg
+
+    assert main(["evaluate", "--model", str(exported.model), "--data", str(tmp_path / "nothing")]) == 2
+    assert "data path does not exist" in _one_error_line(capsys)
