@@ -161,8 +161,12 @@ def _print_summary(res: Any) -> None:
         print("  no trial completed; see the worker logs:", ", ".join(res.worker_logs))
         return
     b = res.best
-    print(f"  best trial #{b['number']}: value {_fmt(b['value'])}  ({b['n_params']} parameters, "
+    size = f", ONNX {b['onnx_kb']:.1f} KB" if b.get("onnx_kb") is not None else ""
+    print(f"  best trial #{b['number']}: value {_fmt(b['value'])}  ({b['n_params']} parameters{size}, "
           f"best epoch {b['best_epoch']})")
+    if b.get("pareto_size"):
+        print(f"    (several objectives: {b['pareto_size']} trials on the Pareto front; shown: the best by "
+              "the first objective. See the dashboard for the front.)")
     m = b["metrics"]
     print("    validation: " + "  ".join(f"{k} {_fmt(m[k])}" for k in ("f1", "accuracy", "precision", "recall", "auroc", "val_loss") if k in m))
     for k, v in b["params"].items():

@@ -265,11 +265,11 @@ def locate_trial(storage_url: str, study: str, number: int | None = None,
     st = optuna.load_study(study_name=study, storage=storage)
     trials = st.get_trials(deepcopy=False)
     if number is None:
-        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        if not done:
+        from atml.results import best_trial
+
+        t = best_trial(st, trials)
+        if t is None:
             raise ExportError(f"study {study!r} has no completed trial to export ({len(trials)} trials)")
-        pick = max if st.direction == optuna.study.StudyDirection.MAXIMIZE else min
-        t = pick(done, key=lambda t: t.value)
     else:
         found = [t for t in trials if t.number == number]
         if not found:
@@ -288,7 +288,7 @@ def locate_trial(storage_url: str, study: str, number: int | None = None,
     if not path.is_file():
         raise ExportError(f"checkpoint of trial #{t.number} not found on this machine: {path} "
                           "(pass --artifacts DIR, the folder holding <study>/trials/)")
-    return TrialRef(study=study, number=t.number, value=t.value, params=dict(t.params), checkpoint=path,
+    return TrialRef(study=study, number=t.number, value=t.values[0] if t.values else None, params=dict(t.params), checkpoint=path,
                     data=data, artifacts=Path(artifacts))
 
 

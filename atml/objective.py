@@ -166,18 +166,27 @@ class Objective:
             if onnx_kb > gate.max_onnx_kb:
                 self._skip(trial, f"size limit: ONNX {onnx_kb:.1f} KB > max_onnx_kb {gate.max_onnx_kb:g}", avoid=True)
         st = self.space.study
+        for key, attr, unit in (("max_onnx_kb", onnx_kb, "KB ONNX"), ("max_params", n_params, "parameters")):
+            limit = st.constraints.get(key)
+            if limit is None:
+                continue
+            # Optuna's constraint handling: <= 0 is feasible; samplers rank violators last.
+            trial.set_constraint(key, float(attr) - limit)
+            if attr > limit:  # known before training: the violator is not trained
+                self._skip(trial, f"constraint: {attr:.1f} {unit} > {key} {limit:g}")
         cfg = TrainConfig.from_params(params["train"], seed=seed, metric=st.metric, direction=st.direction)
         history: list[dict[str, float]] = []
 
         def report(epoch: int, value: float, m: dict[str, float]) -> None:
             history.append({k: float(m[k]) for k in ("train_loss", "val_loss", st.metric) if k in m})
-            trial.report(value, epoch)
+            if not st.multi:
+                trial.report(value, epoch)
             stopped = study.user_attrs.get(g.STOP_ATTR)
             if stopped:
                 trial.set_user_attr("history", history)
                 trial.set_user_attr("reason", f"study stopped ({stopped})")
                 raise optuna.TrialPruned(f"study stopped: {stopped}")
-            if trial.should_prune():
+            if trial.should_prune() if not st.multi else _median_rule(study, st, epoch, value):
                 trial.set_user_attr("history", history)
                 trial.set_user_attr("reason", f"pruned by {st.pruner['type']} at epoch {epoch}")
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({st.metric}={value:.4f})")
@@ -206,8 +215,9 @@ class Objective:
         if gate.enabled:
             model.load_state_dict(res.state_dict)
             self._gate(trial, model, metrics, params, ck_path, onnx_kb)
-        value = metrics["val_loss"] if st.metric == "val_loss" else metrics[st.metric]
-        return value
+        sizes = {"onnx_kb": onnx_kb, "n_params": float(n_params)}
+        values = [sizes[m] if m in sizes else metrics[m] for m, _ in st.all_objectives]
+        return values[0] if len(values) == 1 else values  # type: ignore[return-value]
 
     def _gate(self, trial: optuna.Trial, model: torch.nn.Module, metrics: dict[str, float],
               params: dict[str, Any], ck_path: Path, onnx_kb: float | None) -> None:
@@ -259,3 +269,25 @@ class Objective:
         trial.set_user_attr("gate_result", f"filed {folder.name}")
         trial.set_user_attr("gate_folder", folder.name)
         g.enforce_keep(study, gate_dir, gate.keep)
+
+
+def _median_rule(study: optuna.Study, st: Any, epoch: int, value: float) -> bool:
+    """Pruning for multi-objective studies, where Optuna's pruners do not apply.
+
+    The median rule on the primary (validation) objective: prune when this epoch's value
+    is worse than the median of completed trials at the same epoch (their per-epoch
+    history is stored on each trial). Uses the pruner's n_startup_trials and
+    n_warmup_steps; ``pruner: none`` turns it off.
+    """
+    cfg = st.pruner
+    if cfg.get("type") == "none" or epoch < int(cfg.get("n_warmup_steps", 2)):
+        return False
+    seen = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        hist = t.user_attrs.get("history") or []
+        if len(hist) > epoch and st.metric in hist[epoch]:
+            seen.append(hist[epoch][st.metric])
+    if len(seen) < int(cfg.get("n_startup_trials", 4)):
+        return False
+    median = float(np.median(seen))
+    return value < median if st.direction == "maximize" else value > median

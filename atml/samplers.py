@@ -79,7 +79,7 @@ class PerTrialSeedSampler(BaseSampler):
         pass
 
 
-def make_sampler(settings: StudySettings, constraints_func: Callable | None = None) -> BaseSampler:
+def make_sampler(settings: StudySettings) -> BaseSampler:
     """Build the sampler named in ``study.sampler`` (reseeded per trial)."""
     cfg = {k: v for k, v in settings.sampler.items() if k not in ("type", "seed")}
     kind = settings.sampler["type"]
@@ -91,8 +91,6 @@ def make_sampler(settings: StudySettings, constraints_func: Callable | None = No
         "nsga2": optuna.samplers.NSGAIISampler,
         "qmc": optuna.samplers.QMCSampler,
     }[kind]
-    if constraints_func is not None and kind in ("tpe", "gp", "nsga2"):
-        cfg["constraints_func"] = constraints_func
     if kind == "tpe":
         # Several workers sampling at once would otherwise propose near-identical points.
         cfg.setdefault("constant_liar", True)

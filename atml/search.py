@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from atml.errors import DataError, SpaceError
 from atml.objective import data_spec
+from atml.results import best_trial
 from atml.space import SearchSpace, load_space
 from atml.storage import SPACE_ATTR, open_storage, sqlite_path
 from atml.worker import DEADLINE_ATTR, STOP_ATTR
@@ -131,7 +132,8 @@ def _create_or_resume(space: SearchSpace, storage_url: str) -> tuple[Any, bool]:
         storage.set_study_user_attr(sid, SPACE_ATTR, payload)
         storage.set_study_user_attr(sid, STOP_ATTR, None)
         return storage, True
-    study = optuna.create_study(storage=storage, study_name=name, direction=space.study.direction)
+    study = optuna.create_study(storage=storage, study_name=name,
+                                directions=[dr for _, dr in space.study.all_objectives])
     study.set_user_attr(SPACE_ATTR, payload)
     study.set_user_attr("atml.metric", space.study.metric)
     return storage, False
@@ -145,14 +147,16 @@ def _counts(study: optuna.Study) -> dict[str, int]:
 
 
 def _best(study: optuna.Study, artifacts: str) -> dict[str, Any] | None:
-    try:
-        bt = study.best_trial
-    except ValueError:
+    bt = best_trial(study)
+    if bt is None:
         return None
     ck = bt.user_attrs.get("checkpoint")
     return {
         "number": bt.number,
-        "value": bt.value,
+        "value": bt.values[0],
+        "values": bt.values,
+        "onnx_kb": bt.user_attrs.get("onnx_kb"),
+        "pareto_size": len(study.best_trials) if len(study.directions) > 1 else None,
         "params": bt.params,
         "metrics": bt.user_attrs.get("metrics", {}),
         "n_params": bt.user_attrs.get("n_params"),
@@ -246,12 +250,12 @@ def _poll(study: optuna.Study, procs: list) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     best = None
-    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            if best is None or sign * t.value > sign * best:
-                best = t.value
+        if t.state == TrialState.COMPLETE and t.values is not None:
+            if best is None or sign * t.values[0] > sign * best:
+                best = t.values[0]
     return {"counts": counts, "best": best, "alive": sum(p.poll() is None for p, _ in procs)}
 
 

@@ -53,6 +53,8 @@ TRAIN_DEFAULTS: dict[str, tuple[type, Any]] = {
 }
 _OPTIMIZERS = ("adamw", "adam", "sgd")
 _METRICS = ("f1", "accuracy", "precision", "recall", "auroc", "val_loss")
+_SIZE_METRICS = ("onnx_kb", "n_params")  # measured before training; objectives only
+_CONSTRAINTS = ("max_onnx_kb", "max_params")
 _SAMPLERS = ("tpe", "random", "gp", "cmaes", "nsga2", "qmc")
 _PRUNERS = ("median", "asha", "successive_halving", "hyperband", "percentile", "none")
 _DATA_KEYS = {
@@ -120,15 +122,27 @@ class Param:
 
 @dataclass(frozen=True)
 class StudySettings:
+    """``metric``/``direction`` are the primary objective (the first of ``objectives``)."""
+
     name: str
     metric: str = "f1"
     direction: str = "maximize"
     sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": 0})
     pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median"})
+    objectives: tuple[tuple[str, str], ...] = ()
+    constraints: dict[str, float] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
         return int(self.sampler.get("seed", 0))
+
+    @property
+    def all_objectives(self) -> tuple[tuple[str, str], ...]:
+        return self.objectives or ((self.metric, self.direction),)
+
+    @property
+    def multi(self) -> bool:
+        return len(self.all_objectives) > 1
 
 
 @dataclass(frozen=True)
@@ -344,17 +358,46 @@ def _join(a: str, b: str) -> str:
 
 
 def _study(v: _Validator, d: Any) -> StudySettings:
-    v.keys("study", d, {"name", "metric", "direction", "sampler", "pruner"}, required={"name"})
+    v.keys("study", d, {"name", "metric", "direction", "objectives", "constraints", "sampler", "pruner"},
+           required={"name"})
     name = v.typed("study.name", d["name"], str)
     if not name or any(c in name for c in "/\\\n") or name.startswith("."):
         v.fail("study.name", f"must be a plain name without slashes (got {name!r})")
-    metric = v.typed("study.metric", d.get("metric", "f1"), str)
+    objectives: list[tuple[str, str]] = []
+    if "objectives" in d:
+        if "metric" in d or "direction" in d:
+            v.fail("study.objectives", "give either metric/direction or objectives, not both")
+        objs = d["objectives"]
+        if not isinstance(objs, list) or not objs:
+            v.fail("study.objectives", f"must be a non-empty list of {{metric, direction}} (got {objs!r})")
+        for i, o in enumerate(objs):
+            where = f"study.objectives[{i}]"
+            v.keys(where, o, {"metric", "direction"}, required={"metric", "direction"})
+            m, dr = v.typed(f"{where}.metric", o["metric"], str), v.typed(f"{where}.direction", o["direction"], str)
+            if m not in _METRICS + _SIZE_METRICS:
+                v.fail(f"{where}.metric", f"must be one of {', '.join(_METRICS + _SIZE_METRICS)} (got {m!r})")
+            if dr not in ("maximize", "minimize"):
+                v.fail(f"{where}.direction", f"must be maximize or minimize (got {dr!r})")
+            objectives.append((m, dr))
+        if objectives[0][0] in _SIZE_METRICS:
+            v.fail("study.objectives[0].metric", "the first objective must be a validation metric "
+                   "(it drives early stopping and pruning)")
+        if len({m for m, _ in objectives}) != len(objectives):
+            v.fail("study.objectives", "each metric may appear once")
+    metric = objectives[0][0] if objectives else v.typed("study.metric", d.get("metric", "f1"), str)
     if metric not in _METRICS:
         v.fail("study.metric", f"must be one of {', '.join(_METRICS)} (got {metric!r})")
     default_dir = "minimize" if metric == "val_loss" else "maximize"
-    direction = v.typed("study.direction", d.get("direction", default_dir), str)
+    direction = objectives[0][1] if objectives else v.typed("study.direction", d.get("direction", default_dir), str)
     if direction not in ("maximize", "minimize"):
         v.fail("study.direction", f"must be maximize or minimize (got {direction!r})")
+    constraints: dict[str, float] = {}
+    if d.get("constraints") is not None:
+        v.keys("study.constraints", d["constraints"], set(_CONSTRAINTS))
+        for k, val in d["constraints"].items():
+            constraints[k] = v.typed(f"study.constraints.{k}", val, float)
+            if constraints[k] <= 0:
+                v.fail(f"study.constraints.{k}", f"must be > 0 (got {constraints[k]})")
     sampler = dict(d.get("sampler") or {"type": "tpe"})
     v.keys("study.sampler", sampler, set(sampler) | {"type"}, required={"type"})
     if sampler["type"] not in _SAMPLERS:
@@ -367,7 +410,10 @@ def _study(v: _Validator, d: Any) -> StudySettings:
     if pruner["type"] not in _PRUNERS:
         v.fail("study.pruner.type", f"must be one of {', '.join(_PRUNERS)} (got {pruner['type']!r})")
     _check_kwargs(v, "study.pruner", pruner, _pruner_class(pruner["type"]))
-    return StudySettings(name=name, metric=metric, direction=direction, sampler=sampler, pruner=pruner)
+    if len(objectives) > 1 and sampler["type"] in ("cmaes", "gp"):
+        v.fail("study.sampler.type", f"{sampler['type']} cannot optimise several objectives (use tpe or nsga2)")
+    return StudySettings(name=name, metric=metric, direction=direction, sampler=sampler, pruner=pruner,
+                         objectives=tuple(objectives) if len(objectives) > 1 else (), constraints=constraints)
 
 
 def _sampler_class(kind: str) -> Any:
