@@ -18,7 +18,7 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
-from atml.space import StudySettings
+from atml.space import StudySettings, sampler_class
 
 __all__ = ["make_sampler", "make_pruner", "PerTrialSeedSampler"]
 
@@ -83,14 +83,7 @@ def make_sampler(settings: StudySettings) -> BaseSampler:
     """Build the sampler named in ``study.sampler`` (reseeded per trial)."""
     cfg = {k: v for k, v in settings.sampler.items() if k not in ("type", "seed")}
     kind = settings.sampler["type"]
-    cls = {
-        "tpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-        "gp": optuna.samplers.GPSampler,
-        "cmaes": optuna.samplers.CmaEsSampler,
-        "nsga2": optuna.samplers.NSGAIISampler,
-        "qmc": optuna.samplers.QMCSampler,
-    }[kind]
+    cls = sampler_class(kind)
     if kind == "tpe":
         # Several workers sampling at once would otherwise propose near-identical points.
         cfg.setdefault("constant_liar", True)

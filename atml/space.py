@@ -404,7 +404,7 @@ def _study(v: _Validator, d: Any) -> StudySettings:
         v.fail("study.sampler.type", f"must be one of {', '.join(_SAMPLERS)} (got {sampler['type']!r})")
     sampler.setdefault("seed", 0)
     v.typed("study.sampler.seed", sampler["seed"], int)
-    _check_kwargs(v, "study.sampler", sampler, _sampler_class(sampler["type"]))
+    _check_kwargs(v, "study.sampler", sampler, sampler_class(sampler["type"]))
     pruner = dict(d.get("pruner") or {"type": "median"})
     v.keys("study.pruner", pruner, set(pruner) | {"type"}, required={"type"})
     if pruner["type"] not in _PRUNERS:
@@ -416,7 +416,8 @@ def _study(v: _Validator, d: Any) -> StudySettings:
                          objectives=tuple(objectives) if len(objectives) > 1 else (), constraints=constraints)
 
 
-def _sampler_class(kind: str) -> Any:
+def sampler_class(kind: str) -> Any:
+    """The Optuna sampler class for a ``study.sampler.type``."""
     import optuna
 
     return {
