@@ -50,6 +50,7 @@ TRAIN_DEFAULTS: dict[str, tuple[type, Any]] = {
     "lr_factor": (float, 0.5),
     "lr_patience": (int, 2),
     "min_epochs": (int, 1),
+    "augment": (float, 0.0),
 }
 _OPTIMIZERS = ("adamw", "adam", "sgd")
 _METRICS = ("f1", "accuracy", "precision", "recall", "auroc", "val_loss")
@@ -546,6 +547,8 @@ def _check_train_value(v: _Validator, k: str, val: Any) -> None:
         v.fail(f"train.{k}", f"must be > 0 (got {val})")
     if k in ("weight_decay", "gap", "momentum") and val < 0:
         v.fail(f"train.{k}", f"must be >= 0 (got {val})")
+    if k == "augment" and not 0 <= val <= 1:
+        v.fail("train.augment", f"must be in [0, 1] (got {val})")
     if k in ("lr_factor", "label_smoothing") and not 0 <= val < 1:
         v.fail(f"train.{k}", f"must be in [0, 1) (got {val})")
 

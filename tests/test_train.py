@@ -107,3 +107,16 @@ def test_pruner_named_in_yaml(kind, cls):
     raw = small_space()
     raw["study"]["pruner"] = {"type": kind}
     assert isinstance(make_pruner(space_from_dict(raw).study, 10), cls)
+
+
+def test_augment_is_seeded_and_off_by_default(synthetic):
+    from atml.train import augment
+
+    x = synthetic.x_train[:8]
+    assert torch.equal(augment(x, 0.0, torch.Generator().manual_seed(0)), x)
+    a = augment(x, 1.0, torch.Generator().manual_seed(0))
+    b = augment(x, 1.0, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    res = fit(build_model("afnet", in_channels=1, n_classes=2), synthetic.x_train, synthetic.y_train,
+              synthetic.x_val, synthetic.y_val, TrainConfig(epochs=1, augment=0.5))
+    assert math.isfinite(res.metrics["val_loss"])
