@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from atml.data.preprocess import DataSpec, map_labels, normalize, subsample
-from atml.data.readers import READERS, NpzStream, RawData
+from atml.data.preprocess import WFDB_FORMATS, DataSpec, map_labels, normalize, subsample
+from atml.data.readers import READERS, NpzStream, RawData, reader_takes_spec
 from atml.data.splits import Split, subject_split
 from atml.data.synthetic import synthetic_ecg
+from atml.data.transforms import transform_segments
 from atml.errors import DataError, StorageError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,9 @@ _CHUNK_ROWS = 4096
 
 @dataclass(frozen=True)
 class Dataset:
-    """Preprocessed segments: x float32 (N, leads, samples), y int64 (N,), subject str (N,)."""
+    """Preprocessed segments: x float32 (N, leads, samples), subject str (N,) and y:
+    int64 (N,) class ids for task "binary"/"multiclass", float32 (N, C) 0/1 for "multilabel".
+    """
 
     x: np.ndarray
     y: np.ndarray
@@ -42,6 +45,8 @@ class Dataset:
     fs: int
     source: str
     skipped: int = 0
+    task: str = "binary"  # binary | multiclass | multilabel: picks the loss in training
+    leads: tuple[str, ...] = ()  # lead names, () when the format has none (txt, npz)
 
     @property
     def n_leads(self) -> int:
@@ -128,18 +133,26 @@ def _load_cached(folder: Path) -> Dataset:
         fs=int(meta["fs"]),
         source=str(meta["source"]),
         skipped=int(meta["skipped"]),
+        task=str(meta.get("task", "binary")),
+        leads=tuple(meta.get("leads", ())),
     )
 
 
 def _build(spec: DataSpec, out: Path) -> None:
     """Write x.npy, y.npy, subject.npy and finally meta.json into ``out``."""
     fmt = spec.resolved_format()
+    leads: tuple[str, ...] = ()
+    if spec.leads is not None and fmt not in WFDB_FORMATS:
+        raise DataError(
+            f"DataSpec.leads = {list(spec.leads)}: format {fmt!r} has no lead names; use null/all "
+            f"(lead selection works for WFDB formats: {', '.join(WFDB_FORMATS)})"
+        )
     if fmt == "npz":
         # Streamed: the float32 copy of a large npz never sits in memory at once.
         with NpzStream(spec.path, spec.segment_length, spec.fs) as stream:  # type: ignore[arg-type]
             labels, subjects, source = stream.labels, stream.subjects, str(spec.path)
             selected, y, skipped, problem = _select(labels, subjects, spec, lambda i: f"{source}[row {i}]")
-            n_written, bad = _stream_npz(stream, selected, spec, out)
+            n_written, bad, per, fs = _stream_npz(stream, selected, spec, out)
         if bad:
             problem = problem or f"{source}[row {bad[0]}]: non-finite value"
             if spec.on_bad == "error":
@@ -147,8 +160,8 @@ def _build(spec: DataSpec, out: Path) -> None:
             keep = ~np.isin(selected, bad)
             y, selected = y[keep], selected[keep]
             skipped += len(bad)
-        subj = subjects[selected]
-        fs = spec.fs
+        subj = np.repeat(subjects[selected], per)
+        y = np.repeat(y, per, axis=0)
     else:
         raw = _read(spec, fmt)
         selected, y, skipped, problem = _select(raw.labels, raw.subjects, spec, raw.item_name)
@@ -156,16 +169,22 @@ def _build(spec: DataSpec, out: Path) -> None:
         problem = raw.problems[0] if raw.problems else problem
         sig = raw.signal[selected]
         x = sig[:, None, :] if sig.ndim == 2 else sig
-        x = normalize(np.ascontiguousarray(x, dtype=np.float32), spec.normalize)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        per, fs = 1, raw.fs
+        if fmt not in WFDB_FORMATS:  # WFDB readers already resampled, filtered and cut
+            x, per, fs = transform_segments(x, raw.fs, spec, raw.source)
+        x = normalize(x, spec.normalize)
         np.save(out / "x.npy", x)
         n_written = len(x)
-        subj = raw.subjects[selected]
-        source, fs = raw.source, raw.fs
+        subj = np.repeat(raw.subjects[selected], per)
+        y = np.repeat(y, per, axis=0)
+        source, leads = raw.source, raw.leads
     if n_written == 0:
         raise DataError(f"{source}: no segments left after dropping {list(spec.drop_labels)} and bad items")
     if skipped:
         log.warning("%s: skipped %d bad item(s); first: %s", source, skipped, problem)
-    np.save(out / "y.npy", np.ascontiguousarray(y, dtype=np.int64))
+    y_dtype = np.float32 if spec.multilabel else np.int64
+    np.save(out / "y.npy", np.ascontiguousarray(y, dtype=y_dtype))
     np.save(out / "subject.npy", np.asarray(subj).astype(str))
     meta = {
         "classes": list(spec.classes),
@@ -173,6 +192,8 @@ def _build(spec: DataSpec, out: Path) -> None:
         "source": source,
         "skipped": int(skipped),
         "n": int(n_written),
+        "task": spec.task,
+        "leads": list(leads),
         "spec": spec.to_dict(),
     }
     (out / _META).write_text(json.dumps(meta, indent=1, default=str))
@@ -190,6 +211,8 @@ def _read(spec: DataSpec, fmt: str) -> RawData:
     reader = READERS.get(fmt)
     if reader is None:
         raise DataError(f"no reader for data format {fmt!r} (known: {sorted(READERS)})")
+    if reader_takes_spec(reader):
+        return reader(spec.path, on_bad=spec.on_bad, spec=spec)
     return reader(spec.path, segment_length=spec.segment_length, fs=spec.fs, on_bad=spec.on_bad)
 
 
@@ -203,10 +226,19 @@ def _select(labels, subjects, spec: DataSpec, name_of) -> tuple[np.ndarray, np.n
     return kept[pick].astype(np.int64), mapped.y[pick], mapped.unmapped, mapped.unmapped_example
 
 
-def _stream_npz(stream: NpzStream, selected: np.ndarray, spec: DataSpec, out: Path) -> tuple[int, list[int]]:
-    """Convert selected rows chunk by chunk into an on-disk x.npy; returns (rows, bad rows)."""
+def _stream_npz(
+    stream: NpzStream, selected: np.ndarray, spec: DataSpec, out: Path
+) -> tuple[int, list[int], int, int]:
+    """Convert selected rows chunk by chunk into an on-disk x.npy.
+
+    Returns (rows written, bad source rows, windows per source row, output rate); each source
+    row becomes ``per`` consecutive rows (resampled, filtered, windowed per the spec).
+    """
     leads = 1 if len(stream.shape) == 2 else stream.shape[1]
-    shape = (len(selected), leads, spec.segment_length)
+    probe, per, fs = transform_segments(
+        np.zeros((1, leads, spec.segment_length), np.float32), stream.fs, spec, str(stream.path)
+    )
+    shape = (len(selected) * per, leads, probe.shape[-1])
     x = np.lib.format.open_memmap(out / "x.npy", mode="w+", dtype=np.float32, shape=shape)
     bad: list[int] = []
     pos = 0
@@ -222,13 +254,16 @@ def _stream_npz(stream: NpzStream, selected: np.ndarray, spec: DataSpec, out: Pa
             if spec.on_bad == "error":
                 break
             rows = rows[finite]
+            if not len(rows):
+                continue
+        rows, _, _ = transform_segments(rows, stream.fs, spec, str(stream.path))
         x[pos : pos + len(rows)] = normalize(rows, spec.normalize)
         pos += len(rows)
     x.flush()
     del x
     if pos != shape[0] and not (bad and spec.on_bad == "error"):
         _truncate_npy(out / "x.npy", pos)
-    return pos, bad
+    return pos, bad, per, fs
 
 
 def _truncate_npy(path: Path, rows: int) -> None:

@@ -14,12 +14,20 @@ from typing import Any
 
 import numpy as np
 
+# Label mapping lives in atml.data.labels; re-exported here where it used to be.
+from atml.data.labels import LabelResult, map_labels, split_multilabel  # noqa: F401
 from atml.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "iesd_txt", "npz", "synthetic")
+# Record formats (WFDB layouts, read by atml.data.wfdb_readers) carry their own sampling
+# rate and lengths; segment formats (txt, npz, synthetic) use ``fs``/``segment_length``.
+WFDB_FORMATS = ("ptbxl", "cinc2017", "wfdb_csv", "wfdb_rhythm", "cinc2020")
+FORMATS = ("auto", "iesd_txt", "npz", "synthetic", *WFDB_FORMATS)
 NORMALIZATIONS = ("zscore", "none")
+WINDOW_MIXED = ("drop", "majority")
+PTBXL_LABELS = ("superclass", "subclass", "scp")
+TASKS = ("binary", "multiclass", "multilabel")
 ON_BAD = ("error", "skip")
 # Fields that only choose the split; they must not change what is cached.
 SPLIT_FIELDS = frozenset({"val_fraction", "test_fraction", "test_path", "split_seed"})
@@ -36,23 +44,39 @@ class DataSpec:
     """What data to load and how to turn it into (x, y, subject); see docs of each field."""
 
     path: str | None = None  # None -> synthetic
-    format: str = "auto"  # auto | iesd_txt | npz | synthetic
+    format: str = "auto"  # auto | iesd_txt | npz | synthetic | ptbxl | cinc2017 | wfdb_csv | wfdb_rhythm | cinc2020
     positive: tuple[str, ...] = ("AFIB",)  # labels mapped to class 1; all others -> class 0
     classes: tuple[str, ...] = ("non-AFIB", "AFIB")  # class names, index = class id
     drop_labels: tuple[str, ...] = ()  # labels removed before mapping (e.g. "UNK")
     label_map: dict[str, int] | None = None  # explicit label -> class id (overrides positive)
-    segment_length: int = 1250
-    fs: int = 250
+    segment_length: int = 1250  # samples per stored segment (txt/npz/synthetic; WFDB headers carry theirs)
+    fs: int = 250  # source rate of txt/npz/synthetic (WFDB headers carry theirs); see target_fs
     normalize: str = "zscore"  # zscore (per segment, per lead) | none
     val_fraction: float = 0.2  # fraction of SUBJECTS
     test_fraction: float = 0.0  # fraction of SUBJECTS held out, never used for selection
     test_path: str | None = None  # separate test data; if given, test_fraction is ignored
     split_seed: int = 0
     on_bad: str = "error"  # error | skip
-    max_segments: int | None = None  # subject-stratified seeded cap for quick runs
+    max_segments: int | None = None  # subject-stratified seeded cap (source segments; WFDB: windows)
     synthetic_subjects: int = 24
     synthetic_per_subject: int = 40
     synthetic_seed: int = 0
+    # Signal preprocessing (all formats; the defaults change nothing).  Order per record:
+    # leads -> resample -> band-pass -> windows -> normalize (per window and lead).
+    target_fs: int | None = None  # resample to this rate (Hz, resample_poly); None keeps the source rate
+    window: float | None = None  # window length in seconds; None: one item per record/segment
+    stride: float | None = None  # window stride in seconds; None: = window (no overlap)
+    pad_short: bool = False  # zero-pad records shorter than one window instead of dropping them
+    window_mixed: str = "drop"  # window over a rhythm change: drop | majority
+    rhythm_default: str | None = "N"  # rhythm before the first .atr rhythm annotation; None: unknown
+    leads: tuple[str, ...] | None = None  # lead names to keep, in this order; None / "all": every lead
+    bandpass: tuple[float | None, float | None] | None = None  # (low, high) Hz, zero-phase Butterworth
+    # Labels beyond binary: len(classes) > 2 maps labels to classes by name (or label_map);
+    # multilabel gives y (N, C) 0/1 over ``classes`` from comma-separated record labels.
+    multilabel: bool = False
+    strict_labels: bool = False  # multilabel: a label outside classes/label_map is a bad item
+    drop_empty: bool = False  # multilabel: drop items with no class (e.g. PTB-XL without superclass)
+    ptbxl_labels: str = "superclass"  # PTB-XL label level: superclass | subclass | scp
 
     def __post_init__(self) -> None:
         # Accept lists from JSON/CLI callers but store tuples so the spec stays immutable.
@@ -67,11 +91,38 @@ class DataSpec:
             object.__setattr__(self, "test_path", str(self.test_path))
         if self.label_map is not None:
             object.__setattr__(self, "label_map", {str(k): v for k, v in dict(self.label_map).items()})
+        self._coerce()
         self._validate()
         if self.label_map is not None:  # numpy ints would break JSON (cache key, hash)
             object.__setattr__(self, "label_map", {k: int(v) for k, v in self.label_map.items()})
         if self.max_segments is not None:
             object.__setattr__(self, "max_segments", int(self.max_segments))
+
+    def _coerce(self) -> None:
+        """Accept YAML/JSON shapes for the preprocessing fields; store immutable tuples."""
+        leads = self.leads
+        if isinstance(leads, str):
+            leads = None if leads.strip().lower() == "all" else (leads,)
+        elif leads is not None:
+            leads = tuple(str(v) for v in leads)
+            if len(leads) == 1 and leads[0].strip().lower() == "all":
+                leads = None
+        object.__setattr__(self, "leads", leads)
+        if self.bandpass is not None:
+            band = self.bandpass
+            if isinstance(band, dict):
+                band = (band.get("low"), band.get("high"))
+            if isinstance(band, (str, bytes)) or not hasattr(band, "__len__") or len(band) != 2:
+                raise DataError(f"DataSpec.bandpass = {self.bandpass!r}: must be [low, high] in Hz or null")
+            try:
+                band = tuple(None if v is None else float(v) for v in band)
+            except (TypeError, ValueError):
+                raise DataError(f"DataSpec.bandpass = {self.bandpass!r}: low/high must be numbers or null") from None
+            object.__setattr__(self, "bandpass", band)
+        for name in ("window", "stride"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool) and isinstance(value, (int, float, np.number)):
+                object.__setattr__(self, name, float(value))
 
     def _validate(self) -> None:
         def bad(field: str, value: object, rule: str) -> DataError:
@@ -83,7 +134,7 @@ class DataSpec:
             raise bad("normalize", self.normalize, f"must be one of {', '.join(NORMALIZATIONS)}")
         if self.on_bad not in ON_BAD:
             raise bad("on_bad", self.on_bad, f"must be one of {', '.join(ON_BAD)}")
-        if len(self.classes) < 2:
+        if len(self.classes) < (1 if self.multilabel else 2):
             raise bad("classes", self.classes, "needs at least two class names")
         if len(set(self.classes)) != len(self.classes):
             raise bad("classes", self.classes, "class names must be unique")
@@ -93,8 +144,6 @@ class DataSpec:
                     raise bad("label_map", {label: cid}, "class ids must be integers")
                 if not 0 <= cid < len(self.classes):
                     raise bad("label_map", {label: cid}, f"class id outside 0..{len(self.classes) - 1}")
-        elif len(self.classes) != 2:
-            raise bad("classes", self.classes, "needs exactly 2 names unless label_map is given")
         for name in ("segment_length", "fs", "synthetic_subjects", "synthetic_per_subject"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -115,6 +164,61 @@ class DataSpec:
             raise bad("max_segments", self.max_segments, "must be a positive integer or None")
         if self.format == "synthetic" and self.path is not None:
             raise bad("path", self.path, "must be None for format 'synthetic'")
+        self._validate_preprocessing(bad)
+
+    def _validate_preprocessing(self, bad) -> None:  # noqa: ANN001 - the error factory above
+        if self.target_fs is not None and (
+            isinstance(self.target_fs, bool) or not isinstance(self.target_fs, (int, np.integer)) or self.target_fs < 1
+        ):
+            raise bad("target_fs", self.target_fs, "must be a positive integer (Hz) or None")
+        for name in ("window", "stride"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, float) or not np.isfinite(value) or value <= 0):
+                raise bad(name, value, "must be a positive number of seconds or None")
+        if self.stride is not None and self.window is None:
+            raise bad("stride", self.stride, "needs window (seconds) to be set")
+        if self.window_mixed not in WINDOW_MIXED:
+            raise bad("window_mixed", self.window_mixed, f"must be one of {', '.join(WINDOW_MIXED)}")
+        if self.ptbxl_labels not in PTBXL_LABELS:
+            raise bad("ptbxl_labels", self.ptbxl_labels, f"must be one of {', '.join(PTBXL_LABELS)}")
+        if self.rhythm_default is not None and not isinstance(self.rhythm_default, str):
+            raise bad("rhythm_default", self.rhythm_default, "must be a rhythm label (e.g. 'N') or None")
+        for name in ("pad_short", "multilabel", "strict_labels", "drop_empty"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, getattr(self, name), "must be true or false")
+        if self.leads is not None:
+            if not self.leads or any(not v.strip() for v in self.leads):
+                raise bad("leads", self.leads, "must be lead names (e.g. ['II']) or 'all'")
+            if len({v.strip().lower() for v in self.leads}) != len(self.leads):
+                raise bad("leads", self.leads, "lead names must be unique")
+        if self.bandpass is not None:
+            low, high = self.bandpass
+            if low is None and high is None:
+                raise bad("bandpass", list(self.bandpass), "needs low and/or high (Hz), or null for no filter")
+            if any(v is not None and (not np.isfinite(v) or v <= 0) for v in self.bandpass):
+                raise bad("bandpass", list(self.bandpass), "cut-offs must be positive numbers (Hz)")
+            if low is not None and high is not None and low >= high:
+                raise bad("bandpass", list(self.bandpass), "low must be < high")
+            if high is not None and self.target_fs is not None and high >= self.target_fs / 2:
+                raise bad("bandpass", list(self.bandpass), f"high must be below target_fs / 2 = {self.target_fs / 2:g} Hz")
+
+    @property
+    def task(self) -> str:
+        """"binary" | "multiclass" | "multilabel": picks the loss and metrics in training."""
+        if self.multilabel:
+            return "multilabel"
+        return "binary" if len(self.classes) == 2 else "multiclass"
+
+    def class_lookup(self) -> dict[str, int] | None:
+        """Label -> class id: label_map, else class names for multiclass/multilabel, else None.
+
+        None means the binary rule: labels in ``positive`` are class 1, the rest class 0.
+        """
+        if self.label_map is not None:
+            return dict(self.label_map)
+        if self.multilabel or len(self.classes) > 2:
+            return {c: i for i, c in enumerate(self.classes)}
+        return None
 
     def __hash__(self) -> int:
         # label_map is a dict (callers index it), so hash its sorted items instead.
@@ -162,6 +266,7 @@ class DataSpec:
             if k not in SPLIT_FIELDS
             and k not in ("path", "format")
             and (fmt == "synthetic" or k not in SYNTHETIC_FIELDS)
+            and not (k in _DEFAULT_OMITTED and v == _DEFAULT_OMITTED[k])
         }
         ident: dict[str, Any] = {"format": fmt}
         if fmt != "synthetic":
@@ -176,44 +281,17 @@ class DataSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-@dataclass(frozen=True)
-class LabelResult:
-    """Outcome of label mapping: keep mask over the input, class ids of kept items."""
-
-    keep: np.ndarray  # bool (N,)
-    y: np.ndarray  # int64 (keep.sum(),)
-    dropped: int  # removed on purpose (drop_labels)
-    unmapped: int  # outside label_map and skipped (on_bad="skip")
-    unmapped_example: str = ""
-
-
-def map_labels(labels: np.ndarray, spec: DataSpec, name_of=None) -> LabelResult:  # noqa: ANN001
-    """Map text labels to class ids following ``spec``; ``name_of(i)`` names item i in errors."""
-    labels = np.asarray(labels).astype(str)
-    keep = ~np.isin(labels, list(spec.drop_labels)) if spec.drop_labels else np.ones(len(labels), bool)
-    dropped = int((~keep).sum())
-    unmapped = 0
-    example = ""
-    if spec.label_map is not None:
-        known = np.isin(labels, list(spec.label_map))
-        outside = keep & ~known
-        if outside.any():
-            i = int(np.flatnonzero(outside)[0])
-            where = name_of(i) if name_of else f"item {i}"
-            values = sorted(set(labels[outside].tolist()))
-            example = (
-                f"{where}: label outside the mapping: {str(labels[i])!r} "
-                f"(labels {values[:10]} not in label_map {sorted(spec.label_map)})"
-            )
-            if spec.on_bad == "error":
-                raise DataError(example)
-            unmapped = int(outside.sum())
-            keep &= known
-        lut = dict(spec.label_map)
-        y = np.array([lut[v] for v in labels[keep]], dtype=np.int64)
-    else:
-        y = np.isin(labels[keep], list(spec.positive)).astype(np.int64)
-    return LabelResult(keep=keep, y=y, dropped=dropped, unmapped=unmapped, unmapped_example=example)
+# Fields added after caches existed: left out of the cache key while at their defaults, so
+# every cache built before them keeps its key (their defaults change nothing).
+_DEFAULT_OMITTED: dict[str, Any] = {
+    f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
+    for f in fields(DataSpec)
+    if f.name
+    in {
+        "target_fs", "window", "stride", "pad_short", "window_mixed", "rhythm_default", "leads",
+        "bandpass", "multilabel", "strict_labels", "drop_empty", "ptbxl_labels",
+    }
+}
 
 
 def subsample(subjects: np.ndarray, max_segments: int | None, seed: int = SUBSAMPLE_SEED) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Readers that turn user data on disk into raw arrays (physical units, labels as text).
 
 Every reader returns a :class:`RawData`; the loader in :mod:`atml.data.cache` maps labels,
-normalises and caches.  New formats (e.g. WFDB) register a detector in ``_DETECTORS`` and
-a reader in ``READERS``.  The npz reader also has a streaming form (:class:`NpzStream`)
+normalises and caches.  New formats register with :func:`register_format` (the WFDB layouts
+in :mod:`atml.data.wfdb_readers` do so when ``atml.data`` is imported); a reader whose
+signature has a ``spec`` parameter gets the whole DataSpec (leads, windows, resampling).  The npz reader also has a streaming form (:class:`NpzStream`)
 because the full 50,000-segment file would otherwise need ~250 MB of float32 at once.
 """
 
@@ -39,7 +40,7 @@ class RawData:
     """Segments as read from disk, before label mapping and normalisation.
 
     signal: float32 (N, samples) or (N, leads, samples), physical units (mV).
-    labels / subjects: str arrays (N,).  names: per-segment item names for messages
+    labels / subjects: str arrays (N,); a multi-label item joins its labels with ",".  names: per-segment item names for messages
     (file names), or None when items are rows of one file.
     """
 
@@ -51,6 +52,7 @@ class RawData:
     skipped: int = 0
     problems: tuple[str, ...] = ()
     names: np.ndarray | None = field(default=None, repr=False)
+    leads: tuple[str, ...] = ()  # lead names when the format has them (WFDB), else ()
 
     def item_name(self, i: int) -> str:
         """Human-readable name of segment ``i`` for error messages."""
@@ -94,6 +96,34 @@ _DETECTORS: list[tuple[str, Callable[[Path], bool]]] = [
 ]
 
 
+def register_format(
+    name: str,
+    detector: Callable[[Path], bool],
+    reader: Callable[..., RawData],
+    before: str | None = None,
+    recursive: bool = False,
+) -> None:
+    """Add (or replace) a format: ``detector(path)`` for format="auto", ``reader`` to read it.
+
+    Detectors run in registration order, the first that accepts wins; ``before`` inserts
+    ahead of an already registered detector.  ``recursive``: the source identity (cache
+    key) lists the whole folder tree, for layouts with records in sub-folders.
+    """
+    _DETECTORS[:] = [(n, d) for n, d in _DETECTORS if n != name]
+    at = next((i for i, (n, _) in enumerate(_DETECTORS) if n == before), len(_DETECTORS))
+    _DETECTORS.insert(at, (name, detector))
+    READERS[name] = reader
+    if recursive:  # the cache key then lists files in sub-folders too
+        _RECURSIVE_FORMATS.add(name)
+
+
+def reader_takes_spec(reader: Callable[..., RawData]) -> bool:
+    """Whether ``reader`` wants the DataSpec (``spec`` keyword) rather than (fs, length)."""
+    import inspect
+
+    return "spec" in inspect.signature(reader).parameters
+
+
 def detect_format(path: str | Path | None) -> str:
     """Return the data format name for ``path`` ("synthetic" when path is None)."""
     if path is None:
@@ -106,8 +136,15 @@ def detect_format(path: str | Path | None) -> str:
             return name
     if p.is_dir() and not any(e.is_file() for e in os.scandir(p)):
         raise DataError(f"data folder is empty: {p}")
+    hint = ""
+    if p.is_dir() and any(e.name.endswith(".hea") for e in os.scandir(p)):
+        hint = (
+            "; WFDB headers found but no labels: add REFERENCE.csv (record,label rows), a CSV "
+            "with a 'record,label[,subject]' header, .atr rhythm annotations or '# Dx:' header comments"
+        )
     raise DataError(
-        f"cannot detect data format of {p} (expected a folder of {IESD_PATTERN_HELP} files or a .npz file)"
+        f"cannot detect data format of {p} (expected a folder of {IESD_PATTERN_HELP} files, a .npz "
+        f"file or a labelled WFDB folder: PTB-XL, CinC 2017/2020/2021, rhythm-annotated records){hint}"
     )
 
 
@@ -397,11 +434,25 @@ def source_identity(path: str | Path, fmt: str) -> dict[str, object]:
         st = p.stat()
         return {"path": str(p), "format": fmt, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     listing = []
+    if fmt in _RECURSIVE_FORMATS:
+        # WFDB layouts keep records in sub-folders (PTB-XL records500/, CinC 2021 per database).
+        for root, dirs, files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            rel = Path(root).relative_to(p)
+            for name in sorted(files):
+                if not name.startswith("."):
+                    st = os.stat(os.path.join(root, name))
+                    listing.append((str(rel / name), st.st_size, st.st_mtime_ns))
+        return {"path": str(p), "format": fmt, "listing": listing}
     for e in sorted(os.scandir(p), key=lambda e: e.name):
         if e.is_file() and not e.name.startswith("."):
             st = e.stat()
             listing.append((e.name, st.st_size, st.st_mtime_ns))
     return {"path": str(p), "format": fmt, "listing": listing}
+
+
+# Formats whose source identity covers the whole folder tree, not only the top level.
+_RECURSIVE_FORMATS: set[str] = set()
 
 
 # Format name -> reader(path, segment_length, fs, on_bad).  "synthetic" is handled by the

@@ -2,7 +2,8 @@
 
 Segments of one subject are strongly correlated, so a random segment split overstates
 every metric: no subject may appear in two splits.  Subjects are stratified by their
-positive fraction so each split sees both classes when the data allows it.
+positive fraction (binary) or by the rarest class they carry (multiclass, multi-label
+y of shape (N, C)) so each split sees every class when the data allows it.
 """
 
 from __future__ import annotations
@@ -32,16 +33,21 @@ class Split:
     val_subjects: tuple[str, ...]
     test_subjects: tuple[str, ...]
     class_counts: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = ((), (), ())
+    multilabel: bool = False  # class_counts then count positive labels per class
 
     def summary(self) -> dict[str, dict[str, object]]:
-        """Per part: segments, subjects, positives (class id != 0) and per-class counts."""
+        """Per part: segments, subjects, positives and per-class counts.
+
+        positives: segments of a class id != 0; for multi-label, all positive labels of the
+        classes (an item with two labels counts twice).
+        """
         out: dict[str, dict[str, object]] = {}
         for k, name in enumerate(_SPLITS):
             counts = list(self.class_counts[k])
             out[name] = {
                 "segments": int(len(getattr(self, name))),
                 "subjects": len(getattr(self, f"{name}_subjects")),
-                "positives": int(sum(counts[1:])),
+                "positives": int(sum(counts) if self.multilabel else sum(counts[1:])),
                 "class_counts": counts,
             }
         return out
@@ -92,23 +98,35 @@ def subject_split(
     present in the data (if any does), else keeps the most balanced attempt and warns.
     """
     subject = np.asarray(subject)
-    y = np.asarray(y, dtype=np.int64)
-    if subject.shape != y.shape or subject.ndim != 1:
-        raise DataError(f"subject_split: subject {subject.shape} and y {y.shape} must be equal 1-D shapes")
+    y = np.asarray(y)
+    multilabel = y.ndim == 2
+    if subject.ndim != 1 or y.ndim not in (1, 2) or len(subject) != len(y):
+        raise DataError(
+            f"subject_split: subject {subject.shape} and y {y.shape} must have the same length "
+            "(subject 1-D; y (N,) class ids or (N, C) multi-label)"
+        )
     if len(y) == 0:
         raise DataError("subject_split: no segments to split")
     uniq, inverse = np.unique(subject, return_inverse=True)
-    n_classes = int(y.max()) + 1
-    per_subject = np.zeros((len(uniq), n_classes), dtype=np.int64)
-    np.add.at(per_subject, (inverse, y), 1)
-    pos_frac = per_subject[:, 1:].sum(axis=1) / per_subject.sum(axis=1)
+    if multilabel:
+        per_subject = np.zeros((len(uniq), y.shape[1]), dtype=np.int64)
+        np.add.at(per_subject, inverse, (y > 0.5).astype(np.int64))
+    else:
+        y = y.astype(np.int64)
+        n_classes = int(y.max()) + 1
+        per_subject = np.zeros((len(uniq), n_classes), dtype=np.int64)
+        np.add.at(per_subject, (inverse, y), 1)
+    if multilabel or per_subject.shape[1] > 2:
+        order_key = _rarest_class_key(per_subject)
+    else:
+        order_key = per_subject[:, 1:].sum(axis=1) / per_subject.sum(axis=1)
     present = per_subject.sum(axis=0) > 0
     sizes = split_sizes(len(uniq), val_fraction, test_fraction)
 
     rng = np.random.default_rng(seed)
     best: tuple[float, np.ndarray] | None = None
     for _ in range(_ATTEMPTS):
-        order = np.lexsort((rng.random(len(uniq)), pos_frac))
+        order = np.lexsort((rng.random(len(uniq)), order_key))
         part_of = np.empty(len(uniq), dtype=np.int64)
         part_of[order] = _systematic(len(uniq), sizes, rng)
         score = _score(per_subject, part_of, sizes, present)
@@ -138,7 +156,20 @@ def subject_split(
         val_subjects=subj[1],
         test_subjects=subj[2],
         class_counts=counts,  # type: ignore[arg-type]
+        multilabel=multilabel,
     )
+
+
+def _rarest_class_key(per_subject: np.ndarray) -> np.ndarray:
+    """Sort key per subject: the overall frequency of the rarest class it carries.
+
+    Sorting by it groups the subjects of each rare class, so the evenly spread slots of
+    :func:`_systematic` hand every part some of them.  Subjects without any class sort last.
+    """
+    freq = per_subject.sum(axis=0).astype(np.float64)
+    has = per_subject > 0
+    masked = np.where(has, freq[None, :], np.inf)
+    return masked.min(axis=1)
 
 
 def _score(
