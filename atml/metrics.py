@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-__all__ = ["binary_metrics", "METRIC_NAMES"]
+__all__ = ["binary_metrics", "multiclass_metrics", "multilabel_metrics", "task_metrics", "METRIC_NAMES"]
 
 METRIC_NAMES = ("f1", "accuracy", "precision", "recall", "auroc")
 
@@ -39,3 +39,65 @@ def binary_metrics(y_true: np.ndarray, p_pos: np.ndarray, threshold: float = 0.5
         "fn": fn,
         "tp": tp,
     }
+
+
+def multiclass_metrics(y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...] = ()) -> dict[str, float]:
+    """Macro F1/precision/recall, accuracy, macro one-vs-rest AUROC, per-class F1.
+
+    ``physionet2017`` is the PhysioNet/CinC 2017 score (mean F1 of N, A and O) when the
+    classes carry those names.
+    """
+    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+    y_true = np.asarray(y_true).astype(np.int64)
+    labels = list(range(proba.shape[1]))
+    pred = proba.argmax(axis=1)
+    per = f1_score(y_true, pred, labels=labels, average=None, zero_division=0)
+    out = {
+        "f1": float(per.mean()),
+        "accuracy": float((pred == y_true).mean()) if len(y_true) else 0.0,
+        "precision": float(precision_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
+        "recall": float(recall_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
+    }
+    present = [c for c in labels if 0 < (y_true == c).sum() < len(y_true)]
+    aucs = [roc_auc_score(y_true == c, proba[:, c]) for c in present]
+    out["auroc"] = float(np.mean(aucs)) if aucs else math.nan
+    names = list(classes) or [str(c) for c in labels]
+    for name, f in zip(names, per, strict=False):
+        out[f"f1_{name}"] = float(f)
+    if {"N", "A", "O"} <= set(names):
+        out["physionet2017"] = float(np.mean([out["f1_N"], out["f1_A"], out["f1_O"]]))
+    return out
+
+
+def multilabel_metrics(y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...] = (),
+                       threshold: float = 0.5) -> dict[str, float]:
+    """Macro AUROC (classes with both values present), macro F1/precision/recall, per-class F1,
+    and accuracy as the fraction of exactly right label sets."""
+    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+    y_true = np.asarray(y_true) > 0.5
+    pred = np.asarray(proba) >= threshold
+    per = f1_score(y_true, pred, average=None, zero_division=0)
+    aucs = [roc_auc_score(y_true[:, c], proba[:, c]) for c in range(y_true.shape[1])
+            if 0 < y_true[:, c].sum() < len(y_true)]
+    out = {
+        "f1": float(np.mean(per)),
+        "precision": float(precision_score(y_true, pred, average="macro", zero_division=0)),
+        "recall": float(recall_score(y_true, pred, average="macro", zero_division=0)),
+        "accuracy": float((pred == y_true).all(axis=1).mean()) if len(y_true) else 0.0,
+        "auroc": float(np.mean(aucs)) if aucs else math.nan,
+    }
+    names = list(classes) or [str(c) for c in range(y_true.shape[1])]
+    for name, f in zip(names, per, strict=False):
+        out[f"f1_{name}"] = float(f)
+    return out
+
+
+def task_metrics(task: str, y_true: np.ndarray, proba: np.ndarray, classes: tuple[str, ...] = ()) -> dict[str, float]:
+    """Metrics of a binary, multiclass or multilabel task from class probabilities."""
+    if task == "multilabel":
+        return multilabel_metrics(y_true, proba, classes)
+    if task == "multiclass":
+        return multiclass_metrics(y_true, proba, classes)
+    return binary_metrics(y_true, proba[:, 1])

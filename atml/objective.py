@@ -18,7 +18,7 @@ import optuna.artifacts
 import torch
 
 from atml import gate as g
-from atml.data import DataSpec, load_dataset
+from atml.data import DataSpec, load_dataset, spec_from_section
 from atml.export import export_onnx, onnx_size_kb
 from atml.models import build_model, count_parameters
 from atml.samplers import _trial_seed
@@ -26,37 +26,11 @@ from atml.space import SearchSpace
 from atml.storage import worker_id
 from atml.train import TrainConfig, fit
 
+data_spec = spec_from_section  # the name the worker, search and export use
+
 __all__ = ["data_spec", "PreparedData", "prepare_data", "Objective", "checkpoint_dir", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
-
-
-def data_spec(data: dict[str, Any], path: str | None = None) -> DataSpec:
-    """The :class:`DataSpec` for a space's ``data`` section (``path`` overrides it)."""
-    syn = data.get("synthetic") or {}
-    kwargs: dict[str, Any] = dict(
-        path=path if path is not None else data.get("path"),
-        format=data.get("format", "auto"),
-        positive=tuple(data.get("positive", ("AFIB",))),
-        classes=tuple(data.get("classes", ("non-AFIB", "AFIB"))),
-        drop_labels=tuple(data.get("drop_labels", ())),
-        label_map=data.get("label_map"),
-        segment_length=data.get("segment_length", 1250),
-        fs=data.get("fs", 250),
-        normalize=data.get("normalize", "zscore"),
-        val_fraction=data.get("val_fraction", 0.2),
-        test_fraction=data.get("test_fraction", 0.0),
-        test_path=data.get("test_path"),
-        split_seed=data.get("split_seed", 0),
-        on_bad=data.get("on_bad", "error"),
-        max_segments=data.get("max_segments"),
-        synthetic_subjects=syn.get("subjects", 24),
-        synthetic_per_subject=syn.get("per_subject", 40),
-        synthetic_seed=syn.get("seed", 0),
-    )
-    if kwargs["path"] is not None and kwargs["format"] == "synthetic":
-        kwargs["format"] = "auto"
-    return DataSpec(**kwargs)
 
 
 @dataclass
@@ -73,6 +47,7 @@ class PreparedData:
     n_samples: int
     split_summary: dict[str, Any]
     source: str
+    task: str = "binary"
 
 
 def prepare_data(spec: DataSpec, cache_dir: str | Path) -> PreparedData:
@@ -82,11 +57,14 @@ def prepare_data(spec: DataSpec, cache_dir: str | Path) -> PreparedData:
     # One gather per split; trials then index tensors in memory, never the files.
     x_tr = torch.from_numpy(np.ascontiguousarray(ds.x[np.sort(split.train)]))
     x_va = torch.from_numpy(np.ascontiguousarray(ds.x[np.sort(split.val)]))
-    y_tr = torch.from_numpy(np.asarray(ds.y[np.sort(split.train)], dtype=np.int64))
-    y_va = torch.from_numpy(np.asarray(ds.y[np.sort(split.val)], dtype=np.int64))
+    task = getattr(ds, "task", "binary")
+    ytype = np.float32 if task == "multilabel" else np.int64
+    y_tr = torch.from_numpy(np.asarray(ds.y[np.sort(split.train)], dtype=ytype))
+    y_va = torch.from_numpy(np.asarray(ds.y[np.sort(split.val)], dtype=ytype))
     return PreparedData(
         x_train=x_tr, y_train=y_tr, x_val=x_va, y_val=y_va, classes=tuple(ds.classes), fs=ds.fs,
         n_leads=ds.n_leads, n_samples=ds.n_samples, split_summary=split.summary(), source=ds.source,
+        task=task,
     )
 
 
@@ -174,7 +152,8 @@ class Objective:
             trial.set_constraint(key, float(attr) - limit)
             if attr > limit:  # known before training: the violator is not trained
                 self._skip(trial, f"constraint: {attr:.1f} {unit} > {key} {limit:g}")
-        cfg = TrainConfig.from_params(params["train"], seed=seed, metric=st.metric, direction=st.direction)
+        cfg = TrainConfig.from_params(params["train"], seed=seed, metric=st.metric, direction=st.direction,
+                                      task=d.task)
         history: list[dict[str, float]] = []
 
         def report(epoch: int, value: float, m: dict[str, float]) -> None:
@@ -192,12 +171,12 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} ({st.metric}={value:.4f})")
 
         res = fit(model, d.x_train, d.y_train, d.x_val, d.y_val, cfg, report=report,
-                  should_stop=self.should_stop)
+                  should_stop=self.should_stop, classes=d.classes)
         ck_path = checkpoint_dir(self.artifacts, st.name, trial.number) / "model.pt"
         _atomic_save(
             {
                 "family": fam, "hparams": hp, "in_channels": d.n_leads, "n_classes": len(d.classes),
-                "n_samples": d.n_samples, "fs": d.fs, "classes": list(d.classes),
+                "n_samples": d.n_samples, "fs": d.fs, "classes": list(d.classes), "task": d.task,
                 "state_dict": res.state_dict, "params": params, "trial": trial.number,
                 "study": st.name, "metrics": res.metrics,
             },

@@ -78,6 +78,8 @@ def check_data(space: SearchSpace, data_path: str | None, artifacts: str) -> dic
     from atml.data import load_dataset
 
     spec = data_spec(space.data, data_path)
+    if spec.path is None and spec.format not in ("auto", "synthetic"):
+        raise DataError(f"data.path: format {spec.format} reads a dataset on disk; set data.path or pass --data")
     ds = load_dataset(spec, Path(artifacts) / "cache")
     split = ds.split(spec)
     summary = dict(split.summary())

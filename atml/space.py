@@ -53,7 +53,7 @@ TRAIN_DEFAULTS: dict[str, tuple[type, Any]] = {
     "augment": (float, 0.0),
 }
 _OPTIMIZERS = ("adamw", "adam", "sgd")
-_METRICS = ("f1", "accuracy", "precision", "recall", "auroc", "val_loss")
+_METRICS = ("f1", "accuracy", "precision", "recall", "auroc", "val_loss", "physionet2017")
 _SIZE_METRICS = ("onnx_kb", "n_params")  # measured before training; objectives only
 _CONSTRAINTS = ("max_onnx_kb", "max_params")
 _SAMPLERS = ("tpe", "random", "gp", "cmaes", "nsga2", "qmc")
@@ -75,7 +75,20 @@ _DATA_KEYS = {
     "on_bad": (str, "error"),
     "max_segments": (int, None),
     "synthetic": (dict, None),
+    "target_fs": (int, None),
+    "window": (float, None),
+    "stride": (float, None),
+    "pad_short": (bool, False),
+    "window_mixed": (str, "drop"),
+    "rhythm_default": (str, "N"),
+    "leads": (object, None),
+    "bandpass": (list, None),
+    "multilabel": (bool, False),
+    "strict_labels": (bool, False),
+    "drop_empty": (bool, False),
+    "ptbxl_labels": (str, "superclass"),
 }
+_FORMATS = ("auto", "iesd_txt", "npz", "synthetic", "ptbxl", "cinc2017", "wfdb_csv", "wfdb_rhythm", "cinc2020")
 _SYNTHETIC_KEYS = {"subjects": 24, "per_subject": 40, "seed": 0}
 _GATE_KEYS = {
     "metrics": (list, ["f1", "accuracy", "precision", "recall"]),
@@ -476,7 +489,7 @@ def _data(v: _Validator, d: Any, base_dir: Path | None, check_paths: bool = True
     out: dict[str, Any] = {}
     for k, (typ, default) in _DATA_KEYS.items():
         val = d.get(k, default)
-        if val is not None:
+        if val is not None and typ is not object:
             val = v.typed(f"data.{k}", val, typ)
         out[k] = val
     for k in ("path", "test_path"):
@@ -494,8 +507,8 @@ def _data(v: _Validator, d: Any, base_dir: Path | None, check_paths: bool = True
         v.fail("data.val_fraction", f"must be > 0: selection needs a validation split (got {out['val_fraction']})")
     if out["val_fraction"] + out["test_fraction"] >= 1.0:
         v.fail("data", "val_fraction + test_fraction must be < 1")
-    if out["format"] not in ("auto", "iesd_txt", "npz", "synthetic"):
-        v.fail("data.format", f"must be auto, iesd_txt, npz or synthetic (got {out['format']!r})")
+    if out["format"] not in _FORMATS:
+        v.fail("data.format", f"must be one of {', '.join(_FORMATS)} (got {out['format']!r})")
     if out["normalize"] not in ("zscore", "none"):
         v.fail("data.normalize", f"must be zscore or none (got {out['normalize']!r})")
     if out["on_bad"] not in ("error", "skip"):
@@ -511,8 +524,19 @@ def _data(v: _Validator, d: Any, base_dir: Path | None, check_paths: bool = True
             if k != "seed" and syn[k] < 1:
                 v.fail(f"data.synthetic.{k}", f"must be >= 1 (got {syn[k]})")
     out["synthetic"] = syn
-    if len(out["classes"]) != 2 and out["label_map"] is None:
-        v.fail("data.classes", f"needs exactly two names for positive/negative (got {out['classes']!r})")
+    if len(out["classes"]) < (1 if out["multilabel"] else 2):
+        v.fail("data.classes", f"needs at least two names (one with multilabel) (got {out['classes']!r})")
+    # The data package owns the remaining rules (preprocessing ranges, label maps).
+    from atml.data import spec_from_section
+    from atml.errors import DataError
+
+    try:
+        spec_from_section(out)
+    except DataError as e:
+        msg = str(e)
+        field = msg.split(" = ", 1)[0].removeprefix("DataSpec.") if msg.startswith("DataSpec.") else ""
+        v.fail(f"data.{field}" if field and " " not in field else "data", msg.split(": ", 1)[-1]
+               if field else msg)
     if out["label_map"] is not None:
         for lab, cls in out["label_map"].items():
             if not isinstance(cls, int) or isinstance(cls, bool) or not 0 <= cls < len(out["classes"]):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from atml.metrics import binary_metrics
+from atml.metrics import task_metrics
 
 __all__ = ["TrainConfig", "TrainResult", "Interrupted", "fit", "predict_proba", "evaluate"]
 
@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     metric: str = "f1"
     direction: str = "maximize"
+    task: str = "binary"  # binary | multiclass (softmax, cross-entropy) | multilabel (sigmoid, BCE)
 
     @classmethod
     def from_params(cls, train: dict[str, Any], **extra: Any) -> TrainConfig:
@@ -115,28 +116,62 @@ def augment(xb: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Te
     return out + 0.3 * strength * torch.rand(b, 1, 1, generator=gen) * torch.sin(cycles * t + phase)
 
 
-def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and logits for ``x`` (eval mode, no grad)."""
+def predict_proba(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 1024, task: str = "binary"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (sigmoid for multilabel, else softmax) and logits (eval, no grad)."""
     model.eval()
     logits = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             logits.append(model(x[i : i + batch_size]))
     out = torch.cat(logits) if logits else torch.empty(0, 2)
-    return torch.softmax(out, dim=1).numpy(), out.numpy()
+    proba = torch.sigmoid(out) if task == "multilabel" else torch.softmax(out, dim=1)
+    return proba.numpy(), out.numpy()
 
 
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module | None = None
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module | None = None,
+    task: str = "binary", classes: tuple[str, ...] = (),
 ) -> dict[str, float]:
-    """Validation metrics (binary, class 1 positive) and mean loss."""
-    proba, logits = predict_proba(model, x)
-    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    """Validation metrics of the task (binary: class 1 positive) and mean loss."""
+    proba, logits = predict_proba(model, x, task=task)
+    loss_fn = loss_fn or _loss(task)
     with torch.no_grad():
         loss = float(loss_fn(torch.from_numpy(logits), y)) if len(y) else math.nan
-    m = binary_metrics(y.numpy(), proba[:, 1])
+    m = task_metrics(task, y.numpy(), proba, classes)
     m["val_loss"] = loss
     return m
+
+
+def _loss(task: str, y_train: torch.Tensor | None = None, n_classes: int = 2, weighted: bool = False,
+          smoothing: float = 0.0) -> nn.Module:
+    if task == "multilabel":
+        pos_weight = None
+        if weighted and y_train is not None:
+            pos = y_train.sum(0).clamp(min=1)
+            pos_weight = (len(y_train) - pos).clamp(min=1) / pos
+        return _SmoothedBCE(pos_weight, smoothing)
+    weight = None
+    if weighted and y_train is not None:
+        counts = torch.bincount(y_train, minlength=n_classes).clamp(min=1).float()
+        weight = counts.sum() / (n_classes * counts)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
+
+
+class _SmoothedBCE(nn.Module):
+    """BCE-with-logits with optional per-class positive weights and label smoothing."""
+
+    def __init__(self, pos_weight: torch.Tensor | None, smoothing: float) -> None:
+        super().__init__()
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = y.float()
+        if self.smoothing:
+            y = y * (1 - self.smoothing) + self.smoothing / 2
+        return self.loss(logits, y)
 
 
 def fit(
@@ -148,6 +183,7 @@ def fit(
     cfg: TrainConfig,
     report: Callable[[int, float, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    classes: tuple[str, ...] = (),
 ) -> TrainResult:
     """Train ``model`` and return the best epoch's metrics and weights.
 
@@ -159,12 +195,8 @@ def fit(
     model.eval()
     with torch.no_grad():  # eval mode: a probe must not touch BatchNorm statistics
         n_classes = int(model(x_train[:2]).shape[1]) if len(x_train) else 2
-    weight = None
-    if cfg.class_weighted:
-        counts = torch.bincount(y_train, minlength=n_classes).clamp(min=1).float()
-        weight = counts.sum() / (n_classes * counts)
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    eval_loss = nn.CrossEntropyLoss()
+    loss_fn = _loss(cfg.task, y_train, n_classes, cfg.class_weighted, cfg.label_smoothing)
+    eval_loss = _loss(cfg.task)
     opt = _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=cfg.lr_factor or 0.5, patience=cfg.lr_patience
@@ -198,7 +230,7 @@ def fit(
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
         train_loss = total / max(seen, 1)
-        m = evaluate(model, x_val, y_val, eval_loss)
+        m = evaluate(model, x_val, y_val, eval_loss, task=cfg.task, classes=classes)
         t_epochs += time.perf_counter() - t0
         m["train_loss"] = train_loss
         m["epoch"] = epoch

@@ -14,6 +14,7 @@ from atml.data.readers import (
     register_format,
     shared_data_dir,
 )
+from atml.data.section import spec_from_section
 from atml.data.splits import Split, subject_split
 from atml.data.synthetic import SyntheticTruth, generate_synthetic, synthetic_ecg
 
@@ -27,6 +28,7 @@ from atml.data.wfdb_readers import (  # noqa: I001 - after readers, whose regist
 )
 
 __all__ = [
+    "spec_from_section",
     "READERS",
     "DataSpec",
     "Dataset",
