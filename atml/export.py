@@ -348,7 +348,8 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
     if len(val) == 0:
         raise DataError(f"study {study!r}: the validation split of {ds.source} is empty")
     x_val = np.ascontiguousarray(ds.x[val], dtype=np.float32)
-    y_val = np.asarray(ds.y[val], dtype=np.int64)
+    task = str(ck.get("task", "binary"))
+    y_val = np.asarray(ds.y[val], dtype=np.float32 if task == "multilabel" else np.int64)
 
     blob = export_onnx(model, leads, samples)
     check_onnx(blob)
@@ -358,7 +359,7 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
     if not diff < PARITY_TOLERANCE:
         raise ExportError(f"parity check failed: onnxruntime and torch logits differ by up to {diff:.3g} "
                           f"on {len(px)} validation segments (tolerance {PARITY_TOLERANCE:g})")
-    m_float, p_float = onnx_metrics(session, x_val, y_val)
+    m_float, p_float = onnx_metrics(session, x_val, y_val, task, tuple(ds.classes))
     log.info("trial #%d exported: parity %.3g on %d segments", ref.number, diff, len(px))
 
     qblob: bytes | None = None
@@ -369,7 +370,8 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
         cal = np.ascontiguousarray(ds.x[tr[_spread(len(tr), calibration_segments)]], dtype=np.float32)
         qblob = quantize_int8(blob, cal)
         check_onnx(qblob, "int8 model")
-        m_int8, p_int8 = onnx_metrics(ort_session(qblob, what="int8 model"), x_val, y_val)
+        m_int8, p_int8 = onnx_metrics(ort_session(qblob, what="int8 model"), x_val, y_val, task,
+                                      tuple(ds.classes))
         quant = {
             "method": "onnxruntime static quantisation, QDQ format", "weights": "int8 per channel",
             "activations": "uint8 per tensor", "calibration": "MinMax",
@@ -379,19 +381,25 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
         }
 
     def metrics(m: dict[str, float] | None) -> dict[str, Any] | None:
-        return None if m is None else {k: m[k] for k in (*METRIC_NAMES, "tn", "fp", "fn", "tp")}
+        return None if m is None else {k: v for k, v in m.items()
+                                       if k in (*METRIC_NAMES, "tn", "fp", "fn", "tp") or k.startswith("f1_")
+                                       or k == "physionet2017"}
 
     base = {
         "format": SIDECAR_FORMAT,
         "input": {"name": INPUT_NAME, "shape": ["batch", leads, samples], "leads": leads, "samples": samples,
                   "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", int(ck["n_classes"])],
-                   "meaning": "raw logits; softmax gives class probabilities"},
+                   "meaning": "raw logits; " + ("sigmoid gives per-class probabilities" if task == "multilabel"
+                                                 else "softmax gives class probabilities")},
+        "task": task,
         "fs": int(spec.fs),
         "preprocessing": {"normalize": spec.normalize, "segment_length": samples, "fs": int(spec.fs),
-                          "per": "segment and lead" if spec.normalize == "zscore" else None},
+                          "per": "segment and lead" if spec.normalize == "zscore" else None,
+                          "target_fs": spec.target_fs, "window": spec.window, "stride": spec.stride,
+                          "leads": spec.leads, "bandpass": spec.bandpass},
         "classes": list(ds.classes),
-        "positive_class": ds.classes[1],
+        "positive_class": ds.classes[1] if task == "binary" else None,
         "positive_labels": list(spec.positive),
         "drop_labels": list(spec.drop_labels),
         "label_map": spec.label_map,

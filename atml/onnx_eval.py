@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from atml.errors import DataError, ExportError
-from atml.metrics import METRIC_NAMES, binary_metrics
+from atml.metrics import METRIC_NAMES, binary_metrics, task_metrics
 
 __all__ = [
     "ort_session", "run_onnx", "softmax", "onnx_metrics", "sidecar_path", "json_ready",
@@ -66,13 +66,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def onnx_metrics(session: Any, x: np.ndarray, y: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
-    """Binary metrics (class 1 positive) of an ONNX model, and its P(class 1) per segment."""
+def onnx_metrics(session: Any, x: np.ndarray, y: np.ndarray, task: str = "binary",
+                 classes: tuple[str, ...] = ()) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics of an ONNX model on (x, y): binary (class 1 positive) returns P(class 1) per
+    segment; multi-class/multi-label return the probability matrix."""
     logits = run_onnx(session, x)
-    if logits.ndim != 2 or logits.shape[1] != 2:
-        raise ExportError(f"metrics need a binary model (2 logits); its output has shape {list(logits.shape)}")
-    p = softmax(logits.astype(np.float64))[:, 1]
-    return binary_metrics(y, p), p
+    if task == "binary":
+        if logits.ndim != 2 or logits.shape[1] != 2:
+            raise ExportError(f"metrics need a binary model (2 logits); its output has shape {list(logits.shape)}")
+        p = softmax(logits.astype(np.float64))[:, 1]
+        return binary_metrics(y, p), p
+    z = logits.astype(np.float64)
+    proba = 1 / (1 + np.exp(-z)) if task == "multilabel" else softmax(z)
+    return task_metrics(task, y, proba, classes), proba
 
 
 def sidecar_path(model_path: str | Path) -> Path:
@@ -215,6 +221,9 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_laten
         raise ExportError(f"sidecar {sidecar_path(mp)} describes input [batch, {s_leads}, {s_samples}] but "
                           f"model {mp} takes [batch, {leads}, {samples}]; they do not belong together")
     fs = int(pre.get("fs", side.get("fs", 250)))
+    if side.get("task", "binary") != "binary":
+        raise ExportError(f"sidecar {sidecar_path(mp)}: task {side['task']}: atml evaluate scores binary models "
+                          "only; multi-class and multi-label models are scored by atml export on validation data")
     try:
         spec = DataSpec(path=str(data_path), format="auto", positive=tuple(side.get("positive_labels") or ("AFIB",)),
                         classes=tuple(side["classes"]), drop_labels=tuple(side.get("drop_labels", ("UNK",))),

@@ -82,3 +82,17 @@ def test_dataset_space_without_path_asks_for_data(tmp_path, atml_cmd):
                         f"sqlite:///{tmp_path}/s.db", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "data.path: format ptbxl" in r.stderr
     assert not (tmp_path / "s.db").exists()
+
+
+def test_export_multilabel_model(shared_data, tmp_path, atml_cmd):
+    import json
+
+    _search("search_spaces/cinc2021_12lead.yaml", shared_data / "cinc2021_sample", tmp_path, atml_cmd)
+    out = tmp_path / "m.onnx"
+    r = subprocess.run([*atml_cmd, "export", "--storage", f"sqlite:///{tmp_path}/s.db", "--study", "cinc2021_12lead",
+                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    side = json.loads(Path(f"{out}.json").read_text())
+    assert side["task"] == "multilabel" and side["input"]["shape"] == ["batch", 12, 2500]
+    assert side["classes"] == ["SR", "AF", "TAb", "STach", "PAC"] and "sigmoid" in side["output"]["meaning"]
+    assert side["parity"]["max_abs_diff"] < 1e-4 and "f1_AF" in side["metrics"]["float"]
