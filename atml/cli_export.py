@@ -39,6 +39,9 @@ def add_commands(subparsers: Any, storage_arg: Callable[[argparse.ArgumentParser
     v.add_argument("--data", required=True, help="labelled data: folder of IESD .txt segments, .npz, ...")
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--batch-latency", action="store_true", help="also time batches of 16 and 128 segments")
+    v.add_argument("--subjects", default=None,
+                   help="score only these subjects: 'test' (the study's held-out test subjects, from the "
+                        "sidecar) or a comma-separated list")
     v.add_argument("--runs", type=int, default=200, help="timed batch-1 runs after 20 warm-up runs (default 200)")
     v.add_argument("-v", "--verbose", action="store_true")
     v.set_defaults(quiet=True)
@@ -96,7 +99,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.runs < 1:
         raise ExportError(f"--runs must be >= 1 (got {args.runs})")
-    ev = evaluate_model(args.model, args.data, batch_latency=args.batch_latency, runs=args.runs)
+    ev = evaluate_model(args.model, args.data, batch_latency=args.batch_latency, runs=args.runs,
+                        subjects=args.subjects)
     d = ev.to_dict()
     if args.json:
         print(json.dumps(d, indent=2, allow_nan=False))

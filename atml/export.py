@@ -405,6 +405,8 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
         "label_map": spec.label_map,
         "metrics": {"float": metrics(m_float), "int8": metrics(m_int8)},
         "validation": {"segments": len(val), "subjects": list(split.val_subjects), "source": ds.source},
+        # held out by the search (never used for selection): `atml evaluate --subjects test`
+        "test": {"segments": len(split.test), "subjects": list(split.test_subjects)},
         "parity": {"max_abs_diff": diff, "segments": len(px), "tolerance": PARITY_TOLERANCE},
         "study": study,
         "trial": {"number": ref.number, "value": ref.value, "params": ref.params},

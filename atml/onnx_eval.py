@@ -195,14 +195,25 @@ def _per_subject(subject: np.ndarray, y: np.ndarray, pred: np.ndarray) -> list[d
     return rows
 
 
+def _subject_list(subjects: str, side: dict[str, Any], mp: Path) -> list[str]:
+    if subjects != "test":
+        return [s.strip() for s in subjects.split(",") if s.strip()]
+    test = (side.get("test") or {}).get("subjects")
+    if not test:
+        raise ExportError(f"sidecar {sidecar_path(mp)} records no test subjects (the study had no test split)")
+    return list(test)
+
+
 def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_latency: bool = False,
-                   runs: int = 200, warmup: int = 20) -> Evaluation:
+                   runs: int = 200, warmup: int = 20, subjects: str | None = None) -> Evaluation:
     """Score an exported ONNX model on a labelled dataset (any format atml.data reads).
 
     Preprocessing and label mapping come from the model's sidecar: the same segment
     length, fs and normalisation as in the search, labels in ``positive_labels`` (default
     AFIB) are class 1, ``drop_labels`` are removed. Latency is per segment at batch 1 on
-    one intra-op thread (``batch_latency`` adds batches of 16 and 128).
+    one intra-op thread (``batch_latency`` adds batches of 16 and 128). ``subjects`` keeps
+    only some subjects: ``test`` (the held-out test subjects the sidecar recorded from the
+    study's split) or a comma-separated list.
     """
     import hashlib
 
@@ -242,8 +253,17 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_laten
         # Scored while the temporary cache exists: x is a memmap over it, never copied whole.
         y, subject = np.asarray(ds.y, dtype=np.int64), np.asarray(ds.subject).astype(str)
         fmt, source, skipped = spec.resolved_format(), ds.source, ds.skipped
-        metrics, p = onnx_metrics(session, ds.x, y)
-        sample = np.array(ds.x[: min(len(y), 256)], dtype=np.float32)
+        x = ds.x
+        if subjects is not None:
+            keep = _subject_list(subjects, side, mp)
+            missing = sorted(set(keep) - set(subject.tolist()))
+            if missing:
+                raise DataError(f"data {ds.source} has no subject(s) {', '.join(missing[:5])}")
+            mask = np.isin(subject, keep)
+            x, y, subject = np.asarray(ds.x[mask]), y[mask], subject[mask]
+            source = f"{source} (subjects: {subjects if subjects != 'test' else 'test split'})"
+        metrics, p = onnx_metrics(session, x, y)
+        sample = np.array(x[: min(len(y), 256)], dtype=np.float32)
     pred = (p >= 0.5).astype(np.int64)
     lat = measure_latency(blob, sample[:64], batch=1, runs=runs, warmup=warmup)
     batches = [measure_latency(blob, sample, batch=b, runs=max(5, runs // 10), warmup=3)

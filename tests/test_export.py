@@ -288,3 +288,31 @@ def test_evaluate_bad_inputs(exported, txt_sample, tmp_path, capsys):
 
     assert main(["evaluate", "--model", str(exported.model), "--data", str(tmp_path / "nothing")]) == 2
     assert "data path does not exist" in _one_error_line(capsys)
+
+
+def test_evaluate_on_the_held_out_test_subjects(tmp_path, write_space, atml_cmd, txt_sample):
+    """A study with a test split records its test subjects; evaluate scores exactly those."""
+    import json as _json
+
+    from _helpers import small_space as _small
+
+    raw = _small("heldout", n_trials=1, epochs=1)
+    raw["data"] = {"path": str(txt_sample), "val_fraction": 0.3, "test_fraction": 0.3, "split_seed": 0}
+    p = write_space(raw)
+    url = f"sqlite:///{tmp_path}/h.db"
+    r = subprocess.run([*atml_cmd, "search", "--space", str(p), "--storage", url, "--workers", "1", "--no-progress"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "h.onnx"
+    r = subprocess.run([*atml_cmd, "export", "--storage", url, "--study", "heldout", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    side = _json.loads(Path(f"{out}.json").read_text())
+    test_subjects = side["test"]["subjects"]
+    assert len(test_subjects) == 1 and test_subjects[0] not in side["validation"]["subjects"]
+    r = subprocess.run([*atml_cmd, "evaluate", "--model", str(out), "--data", str(txt_sample), "--subjects", "test",
+                        "--json", "--runs", "5"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ev = _json.loads(r.stdout)
+    assert ev["subjects"] == 1 and ev["segments"] == side["test"]["segments"]
+    assert [row["subject"] for row in ev["per_subject"]] == test_subjects
