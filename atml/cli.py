@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n-trials", type=int, default=None, help="budget override (global, all workers)")
     s.add_argument("--timeout", type=float, default=None, help="budget override in seconds")
     s.add_argument("--seed", type=int, default=None, help="sampler seed override")
+    s.add_argument("--heartbeat", type=int, default=10, help="workers' heartbeat interval, seconds")
+    s.add_argument("--grace", type=int, default=30,
+                   help="seconds without heartbeat before a worker's trial is failed and retried")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("-v", "--verbose", action="store_true")
@@ -88,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 # Commands defined in their own light modules; each exposes
 # ``add_commands(subparsers, storage_arg) -> {name: handler(args) -> int}`` and imports
 # its heavy dependencies inside the handlers, so ``atml --help`` stays fast.
-_PLUGIN_MODULES = ("atml.cli_export", "atml.cli_dashboard", "atml.cli_gate")
+_PLUGIN_MODULES = ("atml.cli_export", "atml.cli_dashboard", "atml.cli_gate", "atml.cli_storage")
 _HANDLERS: dict[str, Any] = {}
 
 
@@ -129,7 +132,7 @@ def _search(args: argparse.Namespace) -> int:
         space_path=args.space, storage=args.storage, workers=args.workers, threads=args.threads,
         data_path=args.data, artifacts=args.artifacts, study=args.study, n_trials=args.n_trials,
         timeout=args.timeout, seed=args.seed, progress=not args.no_progress, verbose=args.verbose,
-        artifact_store=args.artifact_store,
+        artifact_store=args.artifact_store, heartbeat_interval=args.heartbeat, grace_period=args.grace,
     ))
     if args.json:
         print(json.dumps(res.__dict__, default=str, indent=2))

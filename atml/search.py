@@ -27,7 +27,7 @@ from atml.errors import DataError, SpaceError
 from atml.objective import data_spec
 from atml.results import best_trial
 from atml.space import SearchSpace, load_space
-from atml.storage import SPACE_ATTR, open_storage, sqlite_path
+from atml.storage import RETRY_WAIT, SPACE_ATTR, open_storage, sqlite_path
 from atml.worker import DEADLINE_ATTR, STOP_ATTR
 
 __all__ = ["SearchOptions", "SearchResult", "run_search", "default_artifacts", "check_data"]
@@ -50,6 +50,8 @@ class SearchOptions:
     progress: bool = True
     verbose: bool = False
     artifact_store: str | None = None
+    heartbeat_interval: int = 10  # workers' heartbeat, seconds
+    grace_period: int = 30  # seconds without heartbeat before a worker's trial is failed and retried
 
 
 @dataclass
@@ -118,7 +120,9 @@ def _comparable(raw: dict[str, Any]) -> str:
 
 
 def _create_or_resume(space: SearchSpace, storage_url: str) -> tuple[Any, bool]:
-    storage = open_storage(storage_url, create=True)
+    # The progress loop, the orphan clean-up and the summary ride out a database
+    # restart like the workers do; the first connection still fails fast.
+    storage = open_storage(storage_url, create=True, retry_wait=RETRY_WAIT)
     names = [s.study_name for s in storage.get_all_studies()]
     name = space.study.name
     payload = json.dumps({"source": space.source, "raw": space.raw}, sort_keys=True)
@@ -173,7 +177,8 @@ def _spawn(opts: SearchOptions, study: str, artifacts: str, storage_url: str, lo
     procs = []
     for i in range(opts.workers):
         cmd = [sys.executable, "-m", "atml", "worker", "--storage", storage_url, "--study", study,
-               "--artifacts", artifacts, "--threads", str(opts.threads), "--quiet"]
+               "--artifacts", artifacts, "--threads", str(opts.threads), "--quiet",
+               "--heartbeat", str(opts.heartbeat_interval), "--grace", str(opts.grace_period)]
         if opts.data_path is not None:
             cmd += ["--data", str(Path(opts.data_path).resolve())]
         if opts.verbose:

@@ -146,7 +146,8 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
         trial.set_user_attr("worker", worker_id())
         n = space.budget.n_trials
         if n is not None:
-            ahead = study.get_trials(deepcopy=False, states=(*_COUNTED, TrialState.RUNNING))
+            # WAITING too: a retry of a dead worker's trial queued before this one will run.
+            ahead = study.get_trials(deepcopy=False, states=(*_COUNTED, TrialState.RUNNING, TrialState.WAITING))
             if sum(t.number < trial.number and not t.user_attrs.get("skipped") for t in ahead) >= n:
                 trial.set_user_attr("reason", "over budget: the last slot was taken by another worker")
                 raise OverBudget(f"trial {trial.number} is past the budget of {n}")
@@ -158,6 +159,8 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
         except (optuna.TrialPruned, OverBudget):
             raise
         except Exception as e:  # a crash (or out of memory) marks a bad region
+            if isinstance(e, (StorageError, optuna.exceptions.UpdateFinishedTrialError)) or is_transient(e):
+                raise  # the storage failed (or another worker failed this trial), not these parameters
             reason = f"crashed: {type(e).__name__}: {str(e)[:200]}"
             trial.set_user_attr("reason", reason)
             if trial.params:

@@ -16,7 +16,7 @@ LEVELS = {
     "train": 2,
     "objective": 3, "gate": 3, "export": 3, "onnx_eval": 3,
     "worker": 4, "search": 4,
-    "dashboard": 5, "cli": 5, "cli_export": 5, "cli_dashboard": 5, "cli_gate": 5, "__main__": 6,
+    "dashboard": 5, "cli": 5, "cli_export": 5, "cli_dashboard": 5, "cli_gate": 5, "cli_storage": 5, "__main__": 6,
 }
 
 
