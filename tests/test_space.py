@@ -35,7 +35,7 @@ def test_shipped_afib_space_loads_and_suggests_conditionally(tmp_path):
 @pytest.mark.parametrize("path", sorted(__import__("glob").glob("search_spaces/*.yaml")))
 def test_every_shipped_space_is_valid(path, shared_data):
     space = load_space(path)
-    assert space.params and space.budget.n_trials
+    assert space.budget.n_trials and space.families
 
 
 def test_param_kinds_and_fixed_values():
