@@ -214,6 +214,7 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
         study.set_user_attr(DEADLINE_ATTR, None)
     log_dir = Path(artifacts) / name / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    _stop_on_signals()
     procs = _spawn(opts, name, artifacts, opts.storage, log_dir)
     interrupted = False
     bar = _Progress(space, enabled=opts.progress)
@@ -243,6 +244,19 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
         stop_reason=study.user_attrs.get(STOP_ATTR), wall_seconds=time.time() - t0,
         interrupted=interrupted, worker_logs=[str(p) for _, p in procs],
     )
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (``kill``, ``docker stop``) both stop the search cleanly.
+
+    A search started in the background by a non-interactive shell inherits SIGINT
+    ignored; restore it, so an interrupt is never silently lost.
+    """
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _tail(path: Path, n: int = 3) -> str:

@@ -94,7 +94,8 @@ def test_same_seed_same_parameters(tmp_path, write_space, atml_cmd):
     assert [t.params for t in sorted(_trials(db, "seeded"), key=lambda t: t.number)] != params[0]
 
 
-def test_ctrl_c_leaves_no_running_trial(tmp_path, write_space, atml_cmd):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_leaves_no_running_trial(tmp_path, write_space, atml_cmd, sig):
     space = small_space("sigint", n_trials=50, epochs=30)
     space["train"]["patience"] = 30
     space["data"]["synthetic"] = {"subjects": 12, "per_subject": 60, "seed": 2}
@@ -102,7 +103,9 @@ def test_ctrl_c_leaves_no_running_trial(tmp_path, write_space, atml_cmd):
     db = tmp_path / "s.db"
     proc = subprocess.Popen([*atml_cmd, "search", "--space", str(p), "--storage", f"sqlite:///{db}",
                              "--workers", "2", "--no-progress"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # as a non-interactive shell starts a background job: SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.time() + 180
         running = []
@@ -118,7 +121,7 @@ def test_ctrl_c_leaves_no_running_trial(tmp_path, write_space, atml_cmd):
         assert running, "no trial started"
         time.sleep(2)
         t0 = time.time()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
         assert time.time() - t0 < 60
     finally:
