@@ -101,6 +101,10 @@ def main() -> None:
     x_tr, y_tr = torch.from_numpy(np.array(ds.x[tr])), torch.from_numpy(np.array(ds.y[tr], dtype=np.int64))
     x_va, y_va = torch.from_numpy(np.array(ds.x[va])), torch.from_numpy(np.array(ds.y[va], dtype=np.int64))
 
+    # Warm-up: the first forward of a new batch shape (e.g. the 1024-segment validation
+    # batches) builds oneDNN kernels once per process; measure the steady state.
+    plain_loop(x_tr[:256], y_tr[:256], 1, 32)
+    fit(build_model("afnet", in_channels=1, n_classes=2), x_tr[:256], y_tr[:256], x_va, y_va, TrainConfig(epochs=1))
     plain = plain_loop(x_tr, y_tr, args.epochs, 32)
     torch.manual_seed(0)
     res = fit(build_model("afnet", in_channels=1, n_classes=2), x_tr, y_tr, x_va, y_va,
