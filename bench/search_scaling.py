@@ -23,8 +23,8 @@ SPACE = {
     "study": {"name": "scaling", "metric": "f1", "sampler": {"type": "random", "seed": 5},
               "pruner": {"type": "none"}},
     "budget": {"n_trials": 8},
-    "data": {"synthetic": {"subjects": 20, "per_subject": 60, "seed": 0}, "drop_labels": ["UNK"]},
-    "train": {"epochs": 4, "batch_size": 32, "patience": 99,
+    "data": {"synthetic": {"subjects": 40, "per_subject": 60, "seed": 0}, "drop_labels": ["UNK"]},
+    "train": {"epochs": 10, "batch_size": 32, "patience": 99,
               "lr": {"type": "float", "low": 1e-3, "high": 3e-3, "log": True}},
     "model": {"families": {"afnet": {"width": {"type": "int", "low": 6, "high": 8}, "depth": 3}}},
 }
@@ -63,7 +63,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"atml search, {args.trials} trials (AFNet, 4 epochs, 960 synthetic train segments), 1 thread per worker")
+    print(f"atml search, {args.trials} trials (AFNet, 10 epochs, 1920 synthetic train segments), 1 thread per worker")
     for w, r in rows.items():
         print(f"  {w} worker(s): {r['wall_s']:7.1f} s  {r['trials_per_hour']:8.1f} trials/h  x{r['speedup']:.2f}")
 
