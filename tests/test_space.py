@@ -136,3 +136,23 @@ def test_bad_space_through_the_console_script(tmp_path, write_space, atml_cmd):
 def test_space_error_type():
     with pytest.raises(SpaceError):
         space_from_dict({"study": {"name": "x"}})
+
+
+def test_many_points_of_afib_space_build_and_run_forward():
+    import torch
+
+    from atml.models import build_model
+
+    space = load_space("search_spaces/afib.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(48):
+        t = study.ask()
+        m = space.suggest(t)["model"]
+        seen.add(m["family"])
+        model = build_model(m["family"], in_channels=1, n_classes=2, **m["hparams"]).eval()
+        with torch.no_grad():
+            out = model(torch.randn(3, 1, 1250))
+        assert out.shape == (3, 2) and torch.isfinite(out).all(), m
+        study.tell(t, 0.0)
+    assert seen == set(space.families)
