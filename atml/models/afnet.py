@@ -26,7 +26,7 @@ from atml.models._blocks import (
 
 FAMILY = "afnet"
 
-# Ranges the lead can copy into a search-space YAML (informational only).
+# Ranges a search-space YAML can start from (informational only).
 # growth is capped at 1.5 so width 16 / depth 5 stays under ~170k params: this
 # family is meant to be the tiny one.
 SPACE_HINT: dict[str, Any] = {
