@@ -39,7 +39,7 @@ from atml.errors import DataError, ExportError, StorageError
 from atml.metrics import METRIC_NAMES
 from atml.onnx_eval import json_ready, onnx_metrics, ort_session, run_onnx, sidecar_path
 from atml.space import space_from_dict
-from atml.storage import SPACE_ATTR, open_storage, sqlite_path, study_names
+from atml.storage import SPACE_ATTR, default_artifacts, open_storage, study_names
 
 __all__ = [
     "OPSET", "INPUT_NAME", "OUTPUT_NAME", "PARITY_TOLERANCE", "TrialRef", "ExportResult",
@@ -282,8 +282,7 @@ def locate_trial(storage_url: str, study: str, number: int | None = None,
         raise ExportError(f"trial #{t.number} of study {study!r} is {t.state.name} and has no checkpoint"
                           + (f" ({reason})" if reason else "") + "; only completed trials can be exported")
     if artifacts is None:
-        p = sqlite_path(storage_url)
-        artifacts = p.parent if p is not None else Path("studies")
+        artifacts = default_artifacts(storage_url)
     path = Path(artifacts) / study / ck
     if not path.is_file():
         raise ExportError(f"checkpoint of trial #{t.number} not found on this machine: {path} "

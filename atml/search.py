@@ -27,7 +27,7 @@ from atml.errors import DataError, SpaceError
 from atml.objective import data_spec
 from atml.results import best_trial
 from atml.space import SearchSpace, load_space
-from atml.storage import RETRY_WAIT, SPACE_ATTR, open_storage, sqlite_path
+from atml.storage import RETRY_WAIT, SPACE_ATTR, default_artifacts, open_storage
 from atml.worker import DEADLINE_ATTR, STOP_ATTR
 
 __all__ = ["SearchOptions", "SearchResult", "run_search", "default_artifacts", "check_data"]
@@ -67,12 +67,6 @@ class SearchResult:
     wall_seconds: float
     interrupted: bool = False
     worker_logs: list[str] = field(default_factory=list)
-
-
-def default_artifacts(storage: str) -> str:
-    """Artifacts live beside a SQLite file, else in ./studies."""
-    p = sqlite_path(storage)
-    return str(p.parent) if p is not None else "studies"
 
 
 def check_data(space: SearchSpace, data_path: str | None, artifacts: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from atml.errors import StorageError
 
 __all__ = [
+    "default_artifacts",
     "DEFAULT_STORAGE",
     "RETRY_WAIT",
     "open_storage",
@@ -573,6 +574,13 @@ def list_studies(storage: Any) -> list[StudySummary]:
             )
         )
     return out
+
+
+def default_artifacts(url: str) -> str:
+    """Where checkpoints, caches and gate folders live by default: beside a SQLite file,
+    else ./studies."""
+    p = sqlite_path(url)
+    return str(p.parent) if p is not None else "studies"
 
 
 def worker_id() -> str:

@@ -355,10 +355,9 @@ def _check_params(snap: Snapshot, params: dict[str, Any]) -> None:
 
 def default_artifacts(storage_url: str) -> Path | None:
     """Beside a SQLite file, else ./studies (as atml search does), when that folder exists."""
-    from atml.storage import sqlite_path
+    from atml.storage import default_artifacts as beside_storage
 
-    p = sqlite_path(storage_url)
-    path = p.parent if p is not None else Path("studies")
+    path = Path(beside_storage(storage_url))
     return path if path.is_dir() else None
 
 
