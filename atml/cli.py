@@ -123,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AtmlError as e:
         print(f"atml: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `atml ... | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _search(args: argparse.Namespace) -> int:
