@@ -98,6 +98,7 @@ def test_same_seed_same_parameters(tmp_path, write_space, atml_cmd):
 def test_ctrl_c_leaves_no_running_trial(tmp_path, write_space, atml_cmd, sig):
     space = small_space("sigint", n_trials=50, epochs=30)
     space["train"]["patience"] = 30
+    space["study"]["pruner"] = {"type": "none"}  # long trials: a signal lands mid-training
     space["data"]["synthetic"] = {"subjects": 12, "per_subject": 60, "seed": 2}
     p = write_space(space)
     db = tmp_path / "s.db"
@@ -116,7 +117,7 @@ def test_ctrl_c_leaves_no_running_trial(tmp_path, write_space, atml_cmd, sig):
                     running = [t for t in _trials(db, "sigint") if t.state == optuna.trial.TrialState.RUNNING]
                 except Exception:
                     running = []
-                if len(running) == 2:
+                if running:
                     break
         assert running, "no trial started"
         time.sleep(2)
