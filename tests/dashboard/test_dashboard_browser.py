@@ -93,8 +93,10 @@ def test_study_page_updates_live(browser, tmp_path):
         }""", timeout=90_000)
         page.wait_for_selector("#plot-pareto.js-plotly-plot svg .scatterlayer .trace", timeout=30_000)
         clock = page.inner_text("#live")
-        page.wait_for_timeout(2500)  # one more poll: the clock moves, the screenshot is current
-        assert page.inner_text("#live") != clock and page.inner_text("#live").startswith("live")
+        # one more poll (every 2 s, longer while two workers load both cores): the clock moves, the page
+        # still says live, and the screenshot is current
+        page.wait_for_function("(c) => document.getElementById('live').textContent !== c", arg=clock, timeout=30_000)
+        assert page.inner_text("#live").startswith("live")
         shot = tmp_path / "study-page.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 20_000
