@@ -335,7 +335,9 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
         raise ExportError(f"checkpoint {ref.checkpoint} of trial #{ref.number} is unreadable: "
                           f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from None
     leads, samples = int(ck["in_channels"]), int(ck["n_samples"])
-    spec = data_spec(ref.data, data_path)
+    # The trial's own searched preprocessing settings, if the space searched any.
+    searched = (ck.get("params") or {}).get("data") or {}
+    spec = data_spec({**ref.data, **searched}, data_path)
     if spec.path is not None and not Path(spec.path).exists():
         raise DataError(f"data path {spec.path} of study {study!r} does not exist on this machine (pass --data)")
     ds = load_dataset(spec, ref.artifacts / "cache")
@@ -393,10 +395,8 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
                                                  else "softmax gives class probabilities")},
         "task": task,
         "fs": int(spec.fs),
-        "preprocessing": {"normalize": spec.normalize, "segment_length": samples, "fs": int(spec.fs),
-                          "per": "segment and lead" if spec.normalize == "zscore" else None,
-                          "target_fs": spec.target_fs, "window": spec.window, "stride": spec.stride,
-                          "leads": spec.leads, "bandpass": spec.bandpass},
+        "preprocessing": {**spec.signal_settings(),
+                          "per": "segment and lead" if spec.normalize == "zscore" else None},
         "classes": list(ds.classes),
         "positive_class": ds.classes[1] if task == "binary" else None,
         "positive_labels": list(spec.positive),

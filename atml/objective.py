@@ -28,7 +28,8 @@ from atml.train import TrainConfig, fit
 
 data_spec = spec_from_section  # the name the worker, search and export use
 
-__all__ = ["data_spec", "PreparedData", "prepare_data", "Objective", "checkpoint_dir", "load_checkpoint"]
+__all__ = ["data_spec", "PreparedData", "prepare_data", "DataVariants", "Objective", "checkpoint_dir",
+           "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,39 @@ def prepare_data(spec: DataSpec, cache_dir: str | Path) -> PreparedData:
     )
 
 
+class DataVariants:
+    """A worker's prepared data for each preprocessing variant its trials ask for.
+
+    A space that searches preprocessing settings (``data.window``, ``data.bandpass``, ...)
+    gives each trial its own data; each variant is preprocessed and cached on disk once
+    (``atml search`` builds them all before the workers start) and the ``keep`` most
+    recently used stay in memory here.
+    """
+
+    def __init__(self, section: dict[str, Any], data_path: str | None, cache_dir: str | Path, keep: int = 2) -> None:
+        from collections import OrderedDict
+
+        self.section = section
+        self.data_path = data_path
+        self.cache_dir = Path(cache_dir)
+        self.keep = max(1, keep)
+        self._lru: OrderedDict[str, PreparedData] = OrderedDict()
+
+    def get(self, overrides: dict[str, Any]) -> PreparedData:
+        key = json.dumps(overrides, sort_keys=True)
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return self._lru[key]
+        while len(self._lru) >= self.keep:  # free before loading the next
+            self._lru.popitem(last=False)
+        data = prepare_data(data_spec({**self.section, **overrides}, self.data_path), self.cache_dir)
+        if overrides:
+            log.info("data variant %s: %d x %d samples, %d train / %d val segments", key, data.n_leads,
+                     data.n_samples, len(data.y_train), len(data.y_val))
+        self._lru[key] = data
+        return data
+
+
 def checkpoint_dir(artifacts: str | Path, study: str, number: int) -> Path:
     return Path(artifacts) / study / "trials" / f"{number:05d}"
 
@@ -99,13 +133,16 @@ class Objective:
     def __init__(
         self,
         space: SearchSpace,
-        data: PreparedData,
+        data: PreparedData | DataVariants,
         artifacts: str | Path,
         should_stop: Callable[[], bool] | None = None,
         artifact_store: str | None = None,
     ) -> None:
         self.artifact_store = artifact_store
         self.space = space
+        # A fixed PreparedData serves a space without searched preprocessing.
+        if isinstance(data, PreparedData) and space.data_params:
+            raise ValueError("this space searches preprocessing settings: pass DataVariants")
         self.data = data
         self.artifacts = Path(artifacts)
         self.should_stop = should_stop
@@ -132,7 +169,7 @@ class Objective:
         seed = _trial_seed(self.space.study.seed, trial.number)
         torch.manual_seed(seed)
         fam, hp = params["model"]["family"], params["model"]["hparams"]
-        d = self.data
+        d = self.data.get(params["data"]) if isinstance(self.data, DataVariants) else self.data
         model = build_model(fam, in_channels=d.n_leads, n_classes=len(d.classes), **hp)
         n_params = count_parameters(model)
         trial.set_user_attr("n_params", n_params)
@@ -193,13 +230,13 @@ class Objective:
         trial.set_user_attr("trial_seconds", round(time.perf_counter() - t0, 3))
         if gate.enabled:
             model.load_state_dict(res.state_dict)
-            self._gate(trial, model, metrics, params, ck_path, onnx_kb)
+            self._gate(trial, model, metrics, params, ck_path, d)
         sizes = {"onnx_kb": onnx_kb, "n_params": float(n_params)}
         values = [sizes[m] if m in sizes else metrics[m] for m, _ in st.all_objectives]
         return values[0] if len(values) == 1 else values  # type: ignore[return-value]
 
     def _gate(self, trial: optuna.Trial, model: torch.nn.Module, metrics: dict[str, float],
-              params: dict[str, Any], ck_path: Path, onnx_kb: float | None) -> None:
+              params: dict[str, Any], ck_path: Path, d: PreparedData) -> None:
         gate, study = self.space.gate, trial.study
         lo, hi = g.lo_hi(metrics, gate.metrics)
         trial.set_user_attr("gate", {"lo": lo, "hi": hi})
@@ -211,7 +248,7 @@ class Objective:
         elif gate.pass_ is not None and lo >= gate.pass_:
             better = [r for r in g.gate_records(study.user_attrs) if (r["lo"], r["hi"]) >= (lo, hi)]
             if len(better) < gate.keep:
-                self._file(trial, model, metrics, params, ck_path, lo, hi)
+                self._file(trial, model, metrics, params, ck_path, lo, hi, d)
             else:
                 trial.set_user_attr("gate_result", f"passed, not among the best {gate.keep}")
         finished = [(t.number, t.user_attrs["gate"]["lo"])
@@ -223,10 +260,10 @@ class Objective:
             study.set_user_attr(g.STOP_ATTR, reason)
 
     def _file(self, trial: optuna.Trial, model: torch.nn.Module, metrics: dict[str, float],
-              params: dict[str, Any], ck_path: Path, lo: float, hi: float) -> None:
+              params: dict[str, Any], ck_path: Path, lo: float, hi: float, d: PreparedData) -> None:
         import shutil
 
-        gate, study, d = self.space.gate, trial.study, self.data
+        gate, study = self.space.gate, trial.study
         gate_dir = self.artifacts / self.space.study.name / "gate"
         writers = {
             "model.onnx": lambda p: p.write_bytes(export_onnx(model, d.n_leads, d.n_samples)),

@@ -218,6 +218,7 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_laten
     import hashlib
 
     from atml.data import DataSpec, load_dataset
+    from atml.data.preprocess import SIGNAL_FIELDS
 
     mp = Path(model_path)
     if not mp.is_file():
@@ -236,10 +237,12 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_laten
         raise ExportError(f"sidecar {sidecar_path(mp)}: task {side['task']}: atml evaluate scores binary models "
                           "only; multi-class and multi-label models are scored by atml export on validation data")
     try:
+        # the exported trial's preprocessing; sidecars older than some fields keep the defaults
+        signal = {k: pre[k] for k in SIGNAL_FIELDS if k in pre}
+        signal.update(segment_length=int(pre.get("segment_length") or samples), fs=fs)
         spec = DataSpec(path=str(data_path), format="auto", positive=tuple(side.get("positive_labels") or ("AFIB",)),
                         classes=tuple(side["classes"]), drop_labels=tuple(side.get("drop_labels", ("UNK",))),
-                        label_map=side.get("label_map"), segment_length=samples, fs=fs,
-                        normalize=pre.get("normalize", "zscore"))
+                        label_map=side.get("label_map"), **signal)
     except DataError as e:
         raise ExportError(f"sidecar {sidecar_path(mp)}: {e}") from None
     expect = f"model {mp.name} expects [batch, {leads}, {samples}] (leads, samples) at {fs} Hz"

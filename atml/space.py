@@ -32,6 +32,7 @@ __all__ = [
     "GateSettings",
     "load_space",
     "space_from_dict",
+    "encode_choices",
     "TRAIN_DEFAULTS",
 ]
 
@@ -88,6 +89,11 @@ _DATA_KEYS = {
     "drop_empty": (bool, False),
     "ptbxl_labels": (str, "superclass"),
 }
+# Preprocessing settings that may be searched. Each value is preprocessed and cached once,
+# so they take categorical choices or a stepped range (a finite set), at most MAX_DATA_VARIANTS
+# combinations in all.
+_DATA_SEARCHABLE = ("target_fs", "window", "stride", "leads", "bandpass", "normalize")
+MAX_DATA_VARIANTS = 24
 _FORMATS = ("auto", "iesd_txt", "npz", "synthetic", "ptbxl", "cinc2017", "wfdb_csv", "wfdb_rhythm", "cinc2020")
 _SYNTHETIC_KEYS = {"subjects": 24, "per_subject": 40, "seed": 0}
 _GATE_KEYS = {
@@ -113,9 +119,12 @@ class Param:
     log: bool = False
     step: float | None = None
     choices: tuple[Any, ...] = ()
+    encoded: bool = False  # choices are JSON text (lists such as bandpass [0.5, 40]); suggest decodes
 
     def suggest(self, trial: Any) -> Any:
         """Ask an Optuna trial for a value of this parameter."""
+        if self.encoded:
+            return json.loads(trial.suggest_categorical(self.name, list(self.choices)))
         if self.kind == "float":
             return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
         if self.kind == "int":
@@ -123,6 +132,16 @@ class Param:
                 self.name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
             )
         return trial.suggest_categorical(self.name, list(self.choices))
+
+    def values(self) -> list[Any]:
+        """Every value of a finite parameter (categorical or a stepped range), decoded."""
+        if self.kind == "categorical":
+            return [json.loads(c) for c in self.choices] if self.encoded else list(self.choices)
+        if self.step is None:
+            raise ValueError(f"{self.name} is a continuous range")
+        n = int(math.floor((self.high - self.low) / self.step + 1e-9))
+        vals = [self.low + i * self.step for i in range(n + 1)]
+        return [int(v) for v in vals] if self.kind == "int" else [round(v, 12) for v in vals]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain description (stored with the study, shown by the dashboard)."""
@@ -200,11 +219,13 @@ class SearchSpace:
     model_params: tuple[Param, ...]
     gate: GateSettings
     raw: dict[str, Any]
+    data_params: tuple[Param, ...] = ()  # searchable preprocessing (data.window, data.bandpass, ...)
 
     @property
     def params(self) -> tuple[Param, ...]:
         """Every parameter that can be suggested, including conditional ones."""
-        out = list(self.train_params)
+        out = list(self.data_params)
+        out.extend(self.train_params)
         if len(self.families) > 1:
             out.append(Param("model.family", "categorical", choices=tuple(self.families)))
         out.extend(self.model_params)
@@ -213,7 +234,9 @@ class SearchSpace:
         return tuple(out)
 
     def suggest(self, trial: Any) -> dict[str, Any]:
-        """Sample one configuration: ``{"train": {...}, "model": {"family", "hparams"}}``."""
+        """Sample one configuration: ``{"data": {...}, "train": {...}, "model": {"family", "hparams"}}``;
+        ``data`` holds only the searched preprocessing settings (merge with :meth:`data_section`)."""
+        data = {p.name.split(".", 1)[1]: p.suggest(trial) for p in self.data_params}
         train = dict(self.train_fixed)
         for p in self.train_params:
             train[p.name.split(".", 1)[1]] = p.suggest(trial)
@@ -226,7 +249,16 @@ class SearchSpace:
         hparams.update(fixed)
         for p in params:
             hparams[p.name.split(".", 1)[1]] = p.suggest(trial)
-        return {"train": train, "model": {"family": family, "hparams": hparams}}
+        return {"data": data, "train": train, "model": {"family": family, "hparams": hparams}}
+
+    def data_section(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``data`` section with one trial's searched preprocessing settings filled in
+        (without ``overrides``: each searched setting at its first value)."""
+        return {**self.data, **(overrides or {})}
+
+    def data_variants(self) -> list[dict[str, Any]]:
+        """Every combination of the searched preprocessing settings ([{}] when none is searched)."""
+        return _combinations(self.data_params)
 
     def params_from_flat(self, flat: dict[str, Any]) -> dict[str, Any]:
         """Rebuild a configuration from a trial's stored (flat) parameters."""
@@ -271,12 +303,12 @@ def space_from_dict(
     v.keys("", raw, {"study", "budget", "data", "train", "model", "gate"}, required={"study", "model"})
     study = _study(v, raw["study"])
     budget = _budget(v, raw.get("budget") or {})
-    data = _data(v, raw.get("data") or {}, base_dir, check_paths)
+    data, data_params = _data(v, raw.get("data") or {}, base_dir, check_paths)
     train_fixed, train_params = _train(v, raw.get("train") or {})
     families, model_fixed, model_params = _model(v, raw["model"])
     gate = _gate(v, raw.get("gate") or {})
     stored = dict(raw)
-    stored["data"] = data
+    stored["data"] = {**data, **{p.name.split(".", 1)[1]: raw["data"][p.name.split(".", 1)[1]] for p in data_params}}
     return SearchSpace(
         source=source,
         study=study,
@@ -289,6 +321,7 @@ def space_from_dict(
         model_params=model_params,
         gate=gate,
         raw=stored,
+        data_params=data_params,
     )
 
 
@@ -484,12 +517,22 @@ def _budget(v: _Validator, d: Any) -> Budget:
     return Budget(n_trials=n, timeout=t)
 
 
-def _data(v: _Validator, d: Any, base_dir: Path | None, check_paths: bool = True) -> dict[str, Any]:
+def _data(v: _Validator, d: Any, base_dir: Path | None,
+          check_paths: bool = True) -> tuple[dict[str, Any], tuple[Param, ...]]:
     v.keys("data", d, set(_DATA_KEYS))
     out: dict[str, Any] = {}
+    params: list[Param] = []
     for k, (typ, default) in _DATA_KEYS.items():
         val = d.get(k, default)
-        if val is not None and typ is not object:
+        if k in _DATA_SEARCHABLE and isinstance(val, dict):
+            p = _data_param(v, k, val, typ)
+            params.append(p)
+            val = p.values()[0]  # stands for the setting in checks that need one value
+            if val is not None and typ is not object:
+                val = v.typed(f"data.{k}", val, typ)
+        elif k not in _DATA_SEARCHABLE and isinstance(val, dict) and "type" in val and typ is not dict:
+            v.fail(f"data.{k}", f"cannot be searched (searchable: {', '.join(_DATA_SEARCHABLE)})")
+        elif val is not None and typ is not object:
             val = v.typed(f"data.{k}", val, typ)
         out[k] = val
     for k in ("path", "test_path"):
@@ -526,22 +569,76 @@ def _data(v: _Validator, d: Any, base_dir: Path | None, check_paths: bool = True
     out["synthetic"] = syn
     if len(out["classes"]) < (1 if out["multilabel"] else 2):
         v.fail("data.classes", f"needs at least two names (one with multilabel) (got {out['classes']!r})")
-    # The data package owns the remaining rules (preprocessing ranges, label maps).
+    # The data package owns the remaining rules (preprocessing ranges, label maps); every
+    # combination of searched settings must make a valid specification.
     from atml.data import spec_from_section
     from atml.errors import DataError
 
-    try:
-        spec_from_section(out)
-    except DataError as e:
-        msg = str(e)
-        field = msg.split(" = ", 1)[0].removeprefix("DataSpec.") if msg.startswith("DataSpec.") else ""
-        v.fail(f"data.{field}" if field and " " not in field else "data", msg.split(": ", 1)[-1]
-               if field else msg)
+    combos = _combinations(tuple(params))
+    if len(combos) > MAX_DATA_VARIANTS:
+        v.fail("data", f"{len(combos)} combinations of searched preprocessing settings "
+                       f"({', '.join(p.name for p in params)}); at most {MAX_DATA_VARIANTS} "
+                       "(each is preprocessed and cached)")
+    for combo in combos:
+        try:
+            spec_from_section({**out, **combo})
+        except DataError as e:
+            msg = str(e)
+            field = msg.split(" = ", 1)[0].removeprefix("DataSpec.") if msg.startswith("DataSpec.") else ""
+            where = f"data.{field}" if field and " " not in field else "data"
+            detail = msg.split(": ", 1)[-1] if field else msg
+            if combo:
+                detail += " (with " + ", ".join(f"{n}={c!r}" for n, c in combo.items()) + ")"
+            v.fail(where, detail)
     if out["label_map"] is not None:
         for lab, cls in out["label_map"].items():
             if not isinstance(cls, int) or isinstance(cls, bool) or not 0 <= cls < len(out["classes"]):
                 v.fail(f"data.label_map.{lab}", f"must be a class index in [0, {len(out['classes'])}) (got {cls!r})")
-    return out
+    return out, tuple(params)
+
+
+def _combinations(params: tuple[Param, ...]) -> list[dict[str, Any]]:
+    """Every combination of finite parameters, keyed by setting name ([{}] for none)."""
+    import itertools
+
+    names = [p.name.split(".", 1)[1] for p in params]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(p.values() for p in params))]
+
+
+def encode_choices(choices: list[Any] | tuple[Any, ...]) -> tuple[str, ...] | None:
+    """Categorical choices as Optuna stores them: None when all are scalars (kept as they
+    are), else every choice as JSON text (lists such as bandpass [0.5, 40] or leads [II])."""
+    if all(isinstance(c, str | int | float | bool | type(None)) for c in choices):
+        return None
+    return tuple(json.dumps(c) for c in choices)
+
+
+def _data_param(v: _Validator, k: str, spec: dict[str, Any], typ: type) -> Param:
+    """A searched preprocessing setting: categorical, or a stepped int/float range."""
+    where = f"data.{k}"
+    if "type" not in spec:
+        v.fail(where, "a mapping here is a searched setting and needs type: categorical (or int/float with step)")
+    if spec["type"] == "categorical":
+        v.keys(where, spec, {"type", "choices"}, required={"choices"})
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            v.fail(_join(where, "choices"), f"must be a non-empty list (got {choices!r})")
+        enc = encode_choices(choices)
+        if enc is None:
+            p = v.param(where, spec, object, where)
+            assert isinstance(p, Param)
+            return p
+        if len(set(enc)) != len(enc):
+            v.fail(_join(where, "choices"), f"duplicate choices {choices!r}")
+        return Param(where, "categorical", choices=enc, encoded=True)
+    if k not in ("target_fs", "window", "stride"):
+        v.fail(_join(where, "type"), f"must be categorical for {k} (got {spec['type']!r})")
+    p = v.param(where, spec, int if k == "target_fs" else float, where)
+    assert isinstance(p, Param)
+    if p.step is None:
+        v.fail(where, "a searched data setting needs a step (each value is preprocessed and cached once), "
+                      "or use categorical choices")
+    return p
 
 
 def _train(v: _Validator, d: Any) -> tuple[dict[str, Any], tuple[Param, ...]]:

@@ -42,6 +42,7 @@ from atml.dashboard.schemas import (
     TrialPlot,
     TrialStateName,
 )
+from atml.space import encode_choices
 
 __all__ = ["Context", "router", "STOPPED_FROM_DASHBOARD"]
 
@@ -98,9 +99,9 @@ def _snap(ctx: Context, name: str, force: bool = False) -> Snapshot:
 @router.get("/health", response_model=Health, tags=["meta"])
 def health(ctx: Ctx) -> dict[str, Any]:
     """Liveness, version, and whether writing endpoints are enabled."""
-    from atml.storage import _redact
+    from atml.storage import redact
 
-    return {"status": "ok", "version": __version__, "read_only": ctx.read_only, "storage": _redact(ctx.storage_url)}
+    return {"status": "ok", "version": __version__, "read_only": ctx.read_only, "storage": redact(ctx.storage_url)}
 
 
 @router.get("/studies", response_model=list[StudyItem], tags=["studies"])
@@ -289,7 +290,8 @@ def _spec(name: str, spec: Any, family: str | None) -> tuple[str, Any] | None:
     if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
         return None  # a fixed value
     if spec["type"] == "categorical":
-        return name, ("categorical", None, None, tuple(spec.get("choices") or ()), family)
+        choices = tuple(spec.get("choices") or ())
+        return name, ("categorical", None, None, encode_choices(choices) or choices, family)
     return name, (spec["type"], spec.get("low"), spec.get("high"), (), family)
 
 
@@ -303,10 +305,12 @@ def _known_params(snap: Snapshot) -> dict[str, Any]:
     stored = serializers._attr_json(snap.ref.user_attrs.get(serializers.SPACE_ATTR))
     raw = stored.get("raw") if isinstance(stored, dict) else None
     if isinstance(raw, dict):
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
         train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
         model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
         fams = model.get("families") if isinstance(model.get("families"), dict) else {}
-        entries = [_spec(f"train.{k}", v, None) for k, v in train.items()]
+        entries = [_spec(f"data.{k}", v, None) for k, v in data.items() if k not in ("synthetic", "label_map")]
+        entries += [_spec(f"train.{k}", v, None) for k, v in train.items()]
         entries += [_spec(f"model.{k}", v, None) for k, v in model.items() if k != "families"]
         for fam, params in fams.items():
             entries += [_spec(f"{fam}.{k}", v, str(fam)) for k, v in (params or {}).items()] if isinstance(params, dict) else []

@@ -32,6 +32,10 @@ ON_BAD = ("error", "skip")
 # Fields that only choose the split; they must not change what is cached.
 SPLIT_FIELDS = frozenset({"val_fraction", "test_fraction", "test_path", "split_seed"})
 SYNTHETIC_FIELDS = frozenset({"synthetic_subjects", "synthetic_per_subject", "synthetic_seed"})
+# Fields that turn source segments/records into the model's input: written to an exported
+# model's sidecar (DataSpec.signal_settings) and read back by atml evaluate.
+SIGNAL_FIELDS = ("segment_length", "fs", "target_fs", "window", "stride", "pad_short", "window_mixed",
+                 "rhythm_default", "leads", "bandpass", "normalize")
 # Bump when preprocessing changes meaning, so old caches are not reused.
 PREPROCESS_VERSION = 1
 # Seed of the max_segments subsample: fixed (not split_seed) because the subsample is cached
@@ -233,6 +237,12 @@ class DataSpec:
         if self.label_map is not None:
             out["label_map"] = dict(sorted(self.label_map.items()))
         return out
+
+    def signal_settings(self) -> dict[str, Any]:
+        """The SIGNAL_FIELDS of :meth:`to_dict`: how the model input is made (``segment_length``
+        and ``fs`` describe the source segments of txt/npz/synthetic data)."""
+        d = self.to_dict()
+        return {k: d[k] for k in SIGNAL_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataSpec:

@@ -134,3 +134,20 @@ def test_clear_avoid(writer, sqlite_url):
         "atml.avoid.1": None, "atml.avoid.2": None, "atml.avoid.9": None}
     assert writer.get("/api/studies/w/avoid").json() == []
     assert "the avoid list is empty" in writer.get("/studies/w").text
+
+
+def test_enqueue_searched_preprocessing(writer, sqlite_url):
+    study = make_study(sqlite_url, "pre", n=2)
+    raw = json.loads(study.user_attrs["atml.space"])["raw"]
+    raw["data"]["bandpass"] = {"type": "categorical", "choices": [None, [0.5, 40.0]]}
+    raw["data"]["window"] = {"type": "categorical", "choices": [2.5, 5.0]}
+    study.set_user_attr("atml.space", json.dumps({"source": "space.yaml", "raw": raw}))
+    writer.app.state.ctx.reader.invalidate("pre")
+    # list choices are stored in the study as JSON text, so that is what a queued trial names
+    r = writer.post("/api/studies/pre/enqueue", json={"params": {"data.bandpass": "[0.5, 40.0]", "data.window": 5.0}},
+                    headers=AUTH)
+    assert r.status_code == 201, r.text
+    for bad in ({"data.bandpass": [0.5, 40.0]}, {"data.bandpass": "[1, 30]"}, {"data.window": 7.5}):
+        r = writer.post("/api/studies/pre/enqueue", json={"params": bad}, headers=AUTH)
+        assert r.status_code == 422, (bad, r.text)
+    assert r.json()["detail"].startswith("params.data.window: must be one of [2.5, 5.0]")
