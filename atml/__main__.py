@@ -1,3 +1,3 @@
-from atml.cli import main
+from atml.cli import run
 
-raise SystemExit(main())
+run()

@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--space", required=True, help="search space YAML (e.g. search_spaces/afib.yaml)")
     _storage_arg(s)
     s.add_argument("--workers", type=int, default=int(_env("WORKERS", max(1, os.cpu_count() or 1))),
-                   help="local worker processes (env ATML_WORKERS; default: one per core)")
+                   help="local worker processes (env ATML_WORKERS; default: one per core); 0: only check "
+                        "the space and data and create (or resume) the study, for `atml worker`s elsewhere")
     s.add_argument("--threads", type=int, default=int(_env("THREADS", 1)),
                    help="torch threads per worker (default %(default)s)")
     s.add_argument("--data", default=None, help="data path overriding data.path (folder of .txt segments or .npz)")
@@ -108,8 +109,32 @@ def _command_modules() -> list[Any]:
     return mods
 
 
+def run() -> None:
+    """The console script and ``python -m atml``: :func:`main`, then exit.
+
+    ``search`` and ``worker`` end with ``os._exit`` once their output is flushed: by then
+    every result is committed to the storage and every file renamed into place, and the
+    interpreter's own teardown of torch, scipy and sklearn takes over a second for
+    nothing, which every search would otherwise wait for at its end (once in each worker,
+    once in itself).
+    """
+    rc = main()
+    if sys.argv[1:2] in (["search"], ["worker"]):
+        logging.shutdown()
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(rc)
+    sys.exit(rc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``atml`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["worker", "--standby"]:
+        return _standby()
     args = _parser().parse_args(argv)
     level = logging.DEBUG if getattr(args, "verbose", False) else (
         logging.WARNING if getattr(args, "quiet", False) or args.command == "search" else logging.INFO)
@@ -123,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AtmlError as e:
         print(f"atml: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C before the workers ran (a search handles its own)
+        print("atml: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `atml ... | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -139,8 +167,16 @@ def _search(args: argparse.Namespace) -> int:
     ))
     if args.json:
         print(json.dumps(res.__dict__, default=str, indent=2))
+    elif res.workers == 0:
+        done = sum(v for k, v in res.counts.items() if k in ("COMPLETE", "PRUNED"))
+        print(f"study {res.study} ready in {res.storage} ({done} trials finished so far)")
+        from atml.storage import redact
+
+        print(f"  workers join with: atml worker --storage {redact(res.storage)} --study {res.study}")
     else:
         _print_summary(res)
+    if res.workers == 0:
+        return 0
     if res.interrupted:
         return 130
     return 0 if res.best is not None else 1
@@ -192,6 +228,27 @@ def _worker(args: argparse.Namespace) -> int:
     ))
     logging.getLogger("atml.worker").info("worker ran %d trials", n)
     return 0
+
+
+def _standby() -> int:
+    """``atml worker --standby``, started by ``atml search`` before it validates the space:
+    import everything a trial needs, then wait for one JSON line on stdin naming the
+    worker's arguments and its log file. End of input (the search failed or was
+    stopped first) exits without touching the storage."""
+    from atml.worker import preload
+
+    preload()
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    order = json.loads(line)
+    fd = os.open(order["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return main(order["argv"])
 
 
 def _studies(args: argparse.Namespace) -> int:

@@ -67,21 +67,33 @@ class SearchResult:
     wall_seconds: float
     interrupted: bool = False
     worker_logs: list[str] = field(default_factory=list)
+    workers: int = 0  # local worker processes run (0: the study was only created or resumed)
 
 
 def check_data(space: SearchSpace, data_path: str | None, artifacts: str) -> dict[str, Any]:
-    """Load (and cache) the data once and split it; raises DataError on bad data."""
+    """Load (and cache) the data once and split it; raises DataError on bad data.
+
+    A space that searches preprocessing settings has every variant preprocessed and
+    cached here, so bad data fails before the study exists and workers only read caches.
+    The summary describes the first variant (and lists the others' shapes).
+    """
     from atml.data import load_dataset
 
-    spec = data_spec(space.data, data_path)
-    if spec.path is None and spec.format not in ("auto", "synthetic"):
-        raise DataError(f"data.path: format {spec.format} reads a dataset on disk; set data.path or pass --data")
-    ds = load_dataset(spec, Path(artifacts) / "cache")
-    split = ds.split(spec)
-    summary = dict(split.summary())
-    summary["source"] = ds.source
-    summary["skipped"] = ds.skipped
-    summary["shape"] = [int(ds.n_leads), int(ds.n_samples)]
+    summary: dict[str, Any] = {}
+    for i, overrides in enumerate(space.data_variants()):
+        spec = data_spec(space.data_section(overrides), data_path)
+        if spec.path is None and spec.format not in ("auto", "synthetic"):
+            raise DataError(f"data.path: format {spec.format} reads a dataset on disk; set data.path or pass --data")
+        ds = load_dataset(spec, Path(artifacts) / "cache")
+        split = ds.split(spec)
+        if i == 0:
+            summary = dict(split.summary())
+            summary["source"] = ds.source
+            summary["skipped"] = ds.skipped
+            summary["shape"] = [int(ds.n_leads), int(ds.n_samples)]
+        if overrides:
+            summary.setdefault("variants", []).append({**overrides, "shape": [int(ds.n_leads), int(ds.n_samples)],
+                                                       "segments": int(len(ds.y))})
     return summary
 
 
@@ -165,60 +177,99 @@ def _best(study: optuna.Study, artifacts: str) -> dict[str, Any] | None:
     }
 
 
-def _spawn(opts: SearchOptions, study: str, artifacts: str, storage_url: str, log_dir: Path) -> list[tuple[subprocess.Popen, Path]]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(opts.threads), MKL_NUM_THREADS=str(opts.threads))
-    procs = []
-    for i in range(opts.workers):
-        cmd = [sys.executable, "-m", "atml", "worker", "--storage", storage_url, "--study", study,
-               "--artifacts", artifacts, "--threads", str(opts.threads), "--quiet",
-               "--heartbeat", str(opts.heartbeat_interval), "--grace", str(opts.grace_period)]
+class _Workers:
+    """Local worker processes, started before the space and data are checked.
+
+    Each starts as ``atml worker --standby``: it imports torch and everything a trial
+    needs while this process validates the space, checks the data and creates the
+    study, then waits on stdin. :meth:`go` hands each its arguments and log file;
+    :meth:`cancel` (a bad space or data, Ctrl-C during set-up) kills them before they
+    have touched the storage or written a file.
+    """
+
+    def __init__(self, n: int, threads: int) -> None:
+        import tempfile
+
+        env = dict(os.environ)
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+        self._early: list[Any] = []
+        for _ in range(n):
+            early = tempfile.TemporaryFile()  # output before go (an import error)
+            # Own process group: Ctrl-C reaches the workers only through us, so we can
+            # decide the order (stop them, then clean up) instead of racing them.
+            p = subprocess.Popen([sys.executable, "-m", "atml", "worker", "--standby"], stdin=subprocess.PIPE,
+                                 stdout=early, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            self.procs.append((p, Path()))
+            self._early.append(early)
+
+    def go(self, opts: SearchOptions, study: str, artifacts: str, storage_url: str, log_dir: Path) -> None:
+        argv = ["worker", "--storage", storage_url, "--study", study, "--artifacts", artifacts,
+                "--threads", str(opts.threads), "--quiet",
+                "--heartbeat", str(opts.heartbeat_interval), "--grace", str(opts.grace_period)]
         if opts.data_path is not None:
-            cmd += ["--data", str(Path(opts.data_path).resolve())]
+            argv += ["--data", str(Path(opts.data_path).resolve())]
         if opts.verbose:
-            cmd.append("--verbose")
+            argv.append("--verbose")
         if opts.artifact_store:
-            cmd += ["--artifact-store", opts.artifact_store]
-        path = log_dir / f"worker-{i}.log"
-        fh = open(path, "ab")
-        # Own process group: Ctrl-C reaches the workers only through us, so we can
-        # decide the order (stop them, then clean up) instead of racing them.
-        procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True), path))
-        fh.close()
-    return procs
+            argv += ["--artifact-store", opts.artifact_store]
+        for i, (p, _) in enumerate(self.procs):
+            path = log_dir / f"worker-{i}.log"
+            self.procs[i] = (p, path)
+            early = self._early[i]
+            early.seek(0)
+            if head := early.read():
+                path.write_bytes(head)
+            early.close()
+            try:
+                p.stdin.write((json.dumps({"argv": argv, "log": str(path)}) + "\n").encode())
+                p.stdin.close()
+            except BrokenPipeError:  # it died while starting; its output is in its log
+                pass
+
+    def cancel(self) -> None:
+        for (p, _), early in zip(self.procs, self._early, strict=True):
+            p.kill()
+            p.wait()
+            early.close()
 
 
 def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
     """Run a whole search; returns the summary (the CLI prints it)."""
     t0 = time.time()
-    if opts.workers < 1:
-        raise SpaceError(f"--workers must be >= 1 (got {opts.workers})")
-    space = _with_overrides(load_space(opts.space_path), opts)
-    if opts.data_path is not None and not Path(opts.data_path).exists():
-        raise DataError(f"--data: no such file or directory: {opts.data_path}")
-    artifacts = opts.artifacts or default_artifacts(opts.storage)
-    split = check_data(space, opts.data_path, artifacts)
-    storage, resumed = _create_or_resume(space, opts.storage)
-    name = space.study.name
-    study = optuna.load_study(study_name=name, storage=storage)
-    if space.budget.timeout is not None:
-        study.set_user_attr(DEADLINE_ATTR, time.time() + space.budget.timeout)
-    else:
-        study.set_user_attr(DEADLINE_ATTR, None)
-    log_dir = Path(artifacts) / name / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    if opts.workers < 0:
+        raise SpaceError(f"--workers must be >= 0 (got {opts.workers})")
     _stop_on_signals()
-    procs = _spawn(opts, name, artifacts, opts.storage, log_dir)
+    workers = _Workers(opts.workers, opts.threads)  # they import torch while we check
+    try:
+        space = _with_overrides(load_space(opts.space_path), opts)
+        if opts.data_path is not None and not Path(opts.data_path).exists():
+            raise DataError(f"--data: no such file or directory: {opts.data_path}")
+        artifacts = opts.artifacts or default_artifacts(opts.storage)
+        split = check_data(space, opts.data_path, artifacts)
+        storage, resumed = _create_or_resume(space, opts.storage)
+        name = space.study.name
+        study = optuna.load_study(study_name=name, storage=storage)
+        if space.budget.timeout is not None:
+            study.set_user_attr(DEADLINE_ATTR, time.time() + space.budget.timeout)
+        else:
+            study.set_user_attr(DEADLINE_ATTR, None)
+        log_dir = Path(artifacts) / name / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        workers.cancel()
+        raise
+    workers.go(opts, name, artifacts, opts.storage, log_dir)
+    procs = workers.procs
     interrupted = False
-    bar = _Progress(space, enabled=opts.progress)
+    bar = _Progress(space, enabled=opts.progress and bool(procs))
     try:
         while any(p.poll() is None for p, _ in procs):
             state = _poll(study, procs)
             bar.update(state)
             if on_progress:
                 on_progress(state)
-            time.sleep(1.0)
+            _wait_any(procs, 1.0)
     except KeyboardInterrupt:
         interrupted = True
         bar.note("stopping workers (Ctrl-C again to force)...")
@@ -236,8 +287,15 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
         study=name, storage=opts.storage, artifacts=artifacts, counts=_counts(study),
         best=_best(study, artifacts), split=split, data_source=split.get("source", ""),
         stop_reason=study.user_attrs.get(STOP_ATTR), wall_seconds=time.time() - t0,
-        interrupted=interrupted, worker_logs=[str(p) for _, p in procs],
+        interrupted=interrupted, worker_logs=[str(p) for _, p in procs], workers=len(procs),
     )
+
+
+def _wait_any(procs: list, seconds: float) -> None:
+    """Sleep up to ``seconds``, waking as soon as every worker has exited."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(p.poll() is None for p, _ in procs):
+        time.sleep(0.05)
 
 
 def _stop_on_signals() -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "RETRY_WAIT",
     "open_storage",
+    "redact",
     "sqlite_path",
     "StudySummary",
     "list_studies",
@@ -446,10 +447,21 @@ def open_storage(
     kwargs = _engine_kwargs(url, pool_size)
 
     def connect() -> Any:
-        return cls(url, engine_kwargs=kwargs, **hb)
+        for attempt in range(3):
+            try:
+                return cls(url, engine_kwargs=kwargs, **hb)
+            except Exception as e:
+                # Two processes opening a new database at once both create Optuna's tables
+                # and stamp its schema version; the loser sees "table ... already exists" or a
+                # duplicate alembic_version row. The schema is there now: open it again.
+                msg = str(e)
+                if attempt == 2 or not ("already exists" in msg or "alembic_version" in msg):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     try:
-        storage = retrying(connect, what=f"storage {_redact(url)}", max_wait=connect_wait) if connect_wait > 0 \
+        storage = retrying(connect, what=f"storage {redact(url)}", max_wait=connect_wait) if connect_wait > 0 \
             else connect()
     except StorageError:
         raise
@@ -459,7 +471,7 @@ def open_storage(
         if not (is_transient(e) or isinstance(e, (ArgumentError, NoSuchModuleError, ImportError))
                 or _is_db_error(e)):
             raise
-        raise StorageError(f"storage {_redact(url)}: cannot connect ({_first_line(e)})") from None
+        raise StorageError(f"storage {redact(url)}: cannot connect ({_first_line(e)})") from None
     storage._atml_retry_wait = retry_wait
     return storage
 
@@ -510,11 +522,11 @@ def run_storage_proxy(url: str, host: str = "0.0.0.0", port: int = 13000, thread
 
     # _CachedStorage in front of RDBStorage, as optuna's docs ask for the proxy.
     storage = optuna.storages.get_storage(backend)
-    log.info("gRPC storage proxy for %s on %s:%d", _redact(url), host, port)
+    log.info("gRPC storage proxy for %s on %s:%d", redact(url), host, port)
     run_grpc_proxy_server(storage, host=host, port=port, thread_pool=ThreadPoolExecutor(threads))
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """Hide a password in a URL shown to the user."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)

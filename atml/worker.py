@@ -24,13 +24,13 @@ from optuna.trial import TrialState
 
 from atml.errors import StorageError
 from atml.gate import STOP_ATTR, AvoidEntry, add_avoid, clean_partial
-from atml.objective import Objective, data_spec, prepare_data
+from atml.objective import DataVariants, Objective, data_spec, prepare_data
 from atml.samplers import make_pruner, make_sampler
 from atml.space import SearchSpace, space_from_dict
 from atml.storage import SPACE_ATTR, Backoff, is_transient, open_storage, retrying, study_names, worker_id
 from atml.train import Interrupted
 
-__all__ = ["WorkerOptions", "run_worker", "load_study_space", "budget_left", "STOP_ATTR", "DEADLINE_ATTR"]
+__all__ = ["WorkerOptions", "run_worker", "load_study_space", "budget_left", "preload", "STOP_ATTR", "DEADLINE_ATTR"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,16 @@ class _StopFlag:
         return self.event.is_set()
 
 
+def preload() -> None:
+    """Import what the first trial would otherwise import lazily (metrics, ONNX export,
+    the optimiser's compile hooks), so that cost is paid while the worker waits to start."""
+    import sklearn.metrics  # noqa: F401
+    import torch
+    import torch.onnx  # noqa: F401
+
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+
+
 def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
     """Run trials of ``opts.study`` until its budget is spent; returns trials run here."""
     import torch
@@ -133,7 +143,8 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
         from atml.errors import DataError
 
         raise DataError(f"data path {spec.path} does not exist on this machine (pass --data)")
-    data = prepare_data(spec, Path(opts.artifacts) / "cache")
+    cache = Path(opts.artifacts) / "cache"
+    data = DataVariants(space.data, opts.data_path, cache) if space.data_params else prepare_data(spec, cache)
     clean_partial(Path(opts.artifacts) / opts.study / "gate")
     epochs = int(space.train_fixed.get("epochs", 20))
     study = optuna.load_study(
@@ -169,45 +180,53 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
 
     ran = failures = 0
     finished: list[optuna.trial.FrozenTrial] = []
-    log.info("worker joined study %s (%d x %d samples, %d train / %d val segments)",
-             opts.study, data.n_leads, data.n_samples, len(data.y_train), len(data.y_val))
-    outage = Backoff("worker loop")  # storage lost outside the objective: wait, not a trial failure
-    while not stop():
-        ok, reason = retrying(budget_left, study, space, what="budget check")
-        if not ok:
-            if reason is None:
-                # The rest of the budget is running on other workers. Stay: if one of them
-                # dies, its trial is failed here once its heartbeat is stale, and retried.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    retrying(optuna.storages.fail_stale_trials, study, what="stale trial check")
-                stop.event.wait(min(2.0, opts.heartbeat_interval))
+    if isinstance(data, DataVariants):
+        log.info("worker joined study %s (%d preprocessing variants searched)", opts.study, len(space.data_variants()))
+    else:
+        log.info("worker joined study %s (%d x %d samples, %d train / %d val segments)",
+                 opts.study, data.n_leads, data.n_samples, len(data.y_train), len(data.y_val))
+    try:
+        outage = Backoff("worker loop")  # storage lost outside the objective: wait, not a trial failure
+        while not stop():
+            ok, reason = retrying(budget_left, study, space, what="budget check")
+            if not ok:
+                if reason is None:
+                    # The rest of the budget is running on other workers. Stay: if one of them
+                    # dies, its trial is failed here once its heartbeat is stale, and retried.
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        retrying(optuna.storages.fail_stale_trials, study, what="stale trial check")
+                    stop.event.wait(min(0.5, opts.heartbeat_interval))
+                    continue
+                if not retrying(lambda: study.user_attrs.get(STOP_ATTR), what="stop reason"):
+                    retrying(study.set_user_attr, STOP_ATTR, reason, what="stop reason")
+                break
+            finished.clear()
+            broken = False
+            try:
+                study.optimize(guarded, n_trials=1, catch=(Exception,),
+                               callbacks=[lambda _s, ft: finished.append(ft)])
+            except StorageError:  # an outage longer than RETRY_WAIT: give up
+                raise
+            except Exception as e:
+                if is_transient(e):  # stale check, ask or tell lost the database
+                    outage.wait(e)
+                    continue
+                # e.g. another worker failed our trial while our heartbeats could not be written
+                log.warning("trial ended outside its objective: %s: %s", type(e).__name__, e, exc_info=True)
+                broken = True
+            else:
+                outage.reset()
+            ran += 1
+            ft = finished[-1] if finished else None
+            if ft is not None and ft.user_attrs.get("reason", "").startswith("over budget"):
                 continue
-            if not retrying(lambda: study.user_attrs.get(STOP_ATTR), what="stop reason"):
-                retrying(study.set_user_attr, STOP_ATTR, reason, what="stop reason")
-            break
-        finished.clear()
-        broken = False
-        try:
-            study.optimize(guarded, n_trials=1, catch=(Exception,),
-                           callbacks=[lambda _s, ft: finished.append(ft)])
-        except StorageError:  # an outage longer than RETRY_WAIT: give up
-            raise
-        except Exception as e:
-            if is_transient(e):  # stale check, ask or tell lost the database
-                outage.wait(e)
-                continue
-            # e.g. another worker failed our trial while our heartbeats could not be written
-            log.warning("trial ended outside its objective: %s: %s", type(e).__name__, e, exc_info=True)
-            broken = True
-        else:
-            outage.reset()
-        ran += 1
-        ft = finished[-1] if finished else None
-        if ft is not None and ft.user_attrs.get("reason", "").startswith("over budget"):
-            continue
-        failures = failures + 1 if broken or (ft is not None and ft.state == TrialState.FAIL) else 0
-        if failures >= opts.max_failures:
-            log.error("%d trials in a row failed; this worker stops", failures)
-            break
+            failures = failures + 1 if broken or (ft is not None and ft.state == TrialState.FAIL) else 0
+            if failures >= opts.max_failures:
+                log.error("%d trials in a row failed; this worker stops", failures)
+                break
+    finally:
+        engine = getattr(storage, "engine", None)
+        if engine is not None:  # close connections now: the process may end with os._exit
+            engine.dispose()
     return ran

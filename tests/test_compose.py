@@ -159,7 +159,7 @@ def test_command_parses_with_the_service_environment(services, name, monkeypatch
     if name == "worker":
         assert args.study == "afib" and args.threads == 1
     if name == "search":
-        assert args.workers >= 1
+        assert args.workers == 0, "search only creates the study; the scaled worker service runs the trials"
         assert (ROOT / args.space).is_file(), args.space
         assert args.study == "afib" == _argv(services["worker"])[2], "search creates the study the workers join"
     if name == "dashboard":

@@ -112,10 +112,11 @@ def test_ctrl_c_leaves_no_running_trial(tmp_path, write_space, atml_cmd, sig):
         running = []
         while time.time() < deadline:
             time.sleep(1)
-            if db.exists():
+            if db.exists():  # read-only: the poll must not race the search creating the schema
                 try:
-                    running = [t for t in _trials(db, "sigint") if t.state == optuna.trial.TrialState.RUNNING]
-                except Exception:
+                    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                        running = con.execute("SELECT number FROM trials WHERE state = 'RUNNING'").fetchall()
+                except sqlite3.Error:
                     running = []
                 if running:
                     break
@@ -150,15 +151,65 @@ def test_bad_data_exit_2_names_file_and_creates_no_study(tmp_path, txt_sample, w
     victim.write_text("\n".join(lines) + "\n")
     space = write_space(small_space("bd", n_trials=1, epochs=1))
     db = tmp_path / "studies" / "atml.db"
+    mark = f"bd-{os.getpid()}-{time.time_ns()}"
     r = _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}",
-              "--data", str(bad), "--no-progress"])
+              "--data", str(bad), "--no-progress"], env={**os.environ, "ATML_TEST_MARK": mark})
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert victim.name in r.stderr
     assert not db.exists()
+    # the worker processes started early (importing torch while the data was checked) are gone
+    assert _processes_with(f"ATML_TEST_MARK={mark}") == []
+    assert not (tmp_path / "studies" / "bd").exists()  # no study folder, no worker logs
     r = _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}",
               "--data", str(tmp_path / "missing"), "--no-progress"])
     assert r.returncode == 2 and "missing" in r.stderr and not db.exists()
+
+
+def test_workers_zero_creates_the_study_for_workers_elsewhere(tmp_path, write_space, atml_cmd):
+    space = write_space(small_space("z", n_trials=2, epochs=1))
+    url = f"sqlite:///{tmp_path}/z.db"
+    r = _run([*atml_cmd, "search", "--space", str(space), "--storage", url, "--workers", "0", "--no-progress"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].strip() == f"workers join with: atml worker --storage {url} --study z"
+    assert _trials(tmp_path / "z.db", "z") == []  # created, nothing run
+    r = _run([*atml_cmd, "worker", "--storage", url, "--study", "z", "--quiet"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    states = [t.state.name for t in _trials(tmp_path / "z.db", "z")]
+    assert len(states) == 2 and set(states) <= {"COMPLETE", "PRUNED"}
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
+    # Each creates Optuna's tables and stamps the schema version; the losers of that race
+    # ("table ... already exists", a duplicate alembic_version row) open it again.
+    code = ("import sys, time; from atml.storage import open_storage; "
+            "time.sleep(max(0, float(sys.argv[2]) - time.time())); "
+            "open_storage('sqlite:///' + sys.argv[1], create=True); print('ok')")
+    for r in range(4):
+        db = tmp_path / f"race{r}.db"
+        start = str(time.time() + 3)
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(db), start], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0 and out.strip() == "ok", err[-1000:]
+
+
+def _processes_with(env_entry: str) -> list[int]:
+    """PIDs of live processes whose environment holds ``env_entry``."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if env_entry.encode() in f.read().split(b"\0"):
+                    with open(f"/proc/{d}/stat") as st:
+                        if st.read().split(") ", 1)[1][0] != "Z":
+                            found.append(int(d))
+        except OSError:
+            continue
+    return found
 
 
 def test_python_dash_m_and_console_script_agree(atml_cmd):

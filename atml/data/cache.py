@@ -78,6 +78,7 @@ def load_dataset(spec: DataSpec, cache_dir: str | Path) -> Dataset:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create cache folder {root}: {exc.strerror}") from exc
+    _clean_stale(root)
     tmp = root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     started = time.perf_counter()
@@ -99,6 +100,38 @@ def load_dataset(spec: DataSpec, cache_dir: str | Path) -> Dataset:
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("data cache %s ready in %.2fs", final, time.perf_counter() - started)
     return _load_cached(final)
+
+
+STALE_AFTER = 3600.0  # seconds without a write before a dead builder's folder is removed
+
+
+def _clean_stale(root: Path, now: float | None = None) -> None:
+    """Remove ``.tmp-*`` build folders left by killed processes (up to hundreds of MB each).
+
+    A folder goes only when the process named in it is not running here and nothing in it
+    was written for STALE_AFTER seconds (a cache on a shared disk may be being built by a
+    process of another machine, whose pid means nothing here; it keeps writing).
+    """
+    now = time.time() if now is None else now
+    for d in root.glob(".tmp-*"):
+        try:
+            pid = int(d.name.rsplit("-", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # alive here
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, someone else's
+        try:
+            newest = max([d.stat().st_mtime, *(f.stat().st_mtime for f in d.iterdir())])
+        except OSError:
+            continue
+        if now - newest > STALE_AFTER:
+            log.info("removing %s, left by a stopped cache build", d)
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def load_test_dataset(spec: DataSpec, cache_dir: str | Path) -> Dataset | None:

@@ -125,3 +125,28 @@ def test_explicit_format_on_wrong_input_fails_clearly(
     path = txt_sample if fmt == "npz" else train_npz
     with pytest.raises(DataError, match=str(path.name)):
         load_dataset(DataSpec(path=str(path), format=fmt), tmp_path)
+
+
+def test_stale_build_folders_of_dead_processes_are_removed(txt_sample: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has just ended
+    old = time.time() - 2 * 3600
+    folders = {
+        "stale": tmp_path / f".tmp-abc-{dead}-11111111",  # dead builder, nothing written for 2 h
+        "recent": tmp_path / f".tmp-abd-{dead}-22222222",  # dead here, but written a minute ago
+        "alive": tmp_path / f".tmp-abe-{os.getpid()}-33333333",  # this process: still building
+    }
+    for name, d in folders.items():
+        d.mkdir()
+        (d / "x.npy").write_bytes(b"\0" * 64)
+        if name != "recent":
+            for p in (d / "x.npy", d):
+                os.utime(p, (old, old))
+    load_dataset(DataSpec(path=str(txt_sample)), tmp_path)
+    assert not folders["stale"].exists()
+    assert folders["recent"].exists() and folders["alive"].exists()
