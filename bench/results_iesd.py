@@ -2,7 +2,7 @@
 
 Reads the two studies made by
 
-    atml search --space search_spaces/afib_iesd.yaml --workers 1
+    atml search --space search_spaces/afib_iesd_pre.yaml --workers 2
     atml search --space search_spaces/afib_iesd_atml_baseline.yaml --workers 1
 
 (same data, same subject split; the test subjects are never used for selection, early
@@ -10,7 +10,7 @@ stopping or the gate), exports each study's best trial to verified ONNX (+ int8)
 them with `atml evaluate --subjects test` and writes results/iesd2024/: best.onnx,
 best.int8.onnx (+ sidecars), results.json, history.png and f1_vs_size.png.
 
-    python bench/results_iesd.py [--storage sqlite:///studies/atml.db] [--artifacts studies]
+    python bench/results_iesd.py [--storage sqlite:///studies/atml.db] [--artifacts studies] [--study afib_iesd_pre]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def _score(model: Path, npz: Path) -> dict:
 
 
 def _plots(study: optuna.Study, out: Path) -> None:
+    name = study.study_name
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +59,7 @@ def _plots(study: optuna.Study, out: Path) -> None:
     ax.step(xs, best, where="post", color="C3", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel("validation F1")
-    ax.set_title("afib_iesd: optimisation history")
+    ax.set_title(f"{name}: optimisation history")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "history.png", dpi=110)
@@ -71,7 +72,7 @@ def _plots(study: optuna.Study, out: Path) -> None:
     ax.axvline(64, color="grey", ls="--", lw=1, label="64 KB")
     ax.set_xlabel("ONNX size (KB)")
     ax.set_ylabel("validation F1")
-    ax.set_title("afib_iesd: F1 against ONNX size (all completed trials)")
+    ax.set_title(f"{name}: F1 against ONNX size (all completed trials)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "f1_vs_size.png", dpi=110)
@@ -81,26 +82,28 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--storage", default="sqlite:///studies/atml.db")
     ap.add_argument("--artifacts", default=None)
+    ap.add_argument("--study", default="afib_iesd_pre", help="the searched study")
+    ap.add_argument("--baseline-study", default="afib_iesd_atml_baseline")
     args = ap.parse_args()
     npz = shared_data_dir() / "iesd2024" / "train.npz"
     OUT.mkdir(parents=True, exist_ok=True)
-    res = export_trial(args.storage, "afib_iesd", OUT / "best.onnx", int8=True, artifacts=args.artifacts)
+    res = export_trial(args.storage, args.study, OUT / "best.onnx", int8=True, artifacts=args.artifacts)
     searched = {"float": _score(res.path, npz), "int8": _score(res.int8_path, npz),
                 "trial": res.sidecar["trial"], "family": res.sidecar["family"], "n_params": res.sidecar["n_params"]}
     with tempfile.TemporaryDirectory() as tmp:
-        base = export_trial(args.storage, "afib_iesd_atml_baseline", Path(tmp) / "baseline.onnx",
+        base = export_trial(args.storage, args.baseline_study, Path(tmp) / "baseline.onnx",
                             artifacts=args.artifacts)
         baseline = {"float": _score(base.path, npz), "n_params": base.sidecar["n_params"]}
         shutil.copy(base.path, OUT / "atml_baseline.onnx")
         shutil.copy(f"{base.path}.json", OUT / "atml_baseline.onnx.json")
-    study = optuna.load_study(study_name="afib_iesd", storage=open_storage(args.storage))
+    study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
     _plots(study, OUT)
     counts = {}
     for t in study.trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     wall = (max(t.datetime_complete for t in study.trials if t.datetime_complete)
             - min(t.datetime_start for t in study.trials if t.datetime_start)).total_seconds()
-    summary = {"searched": searched, "atml_baseline": baseline, "trials": counts, "search_wall_s": round(wall)}
+    summary = {"study": args.study, "searched": searched, "atml_baseline": baseline, "trials": counts, "search_wall_s": round(wall)}
     (OUT / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     print("| model | ONNX KB | test F1 | accuracy | precision | recall | AUROC | per-subject F1 min/median/max |")
     print("|---|---|---|---|---|---|---|---|")
