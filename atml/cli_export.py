@@ -30,6 +30,11 @@ def add_commands(subparsers: Any, storage_arg: Callable[[argparse.ArgumentParser
     e.add_argument("--artifacts", default=os.environ.get("ATML_ARTIFACTS"),
                    help="folder holding <study>/trials/ (default: beside the SQLite file, else ./studies)")
     e.add_argument("--data", default=None, help="local copy of the study's data (default: the stored path)")
+    e.add_argument("--refit", action="store_true",
+                   help="retrain the trial's configuration on training + validation subjects for its best "
+                        "epoch count (test subjects stay unseen; validation figures become in-sample)")
+    e.add_argument("--ensemble", type=int, default=1, metavar="K",
+                   help="train K members with different seeds and export their mean logits as one model")
     e.add_argument("--json", action="store_true", help="print the sidecar(s) as one JSON object")
     e.add_argument("-v", "--verbose", action="store_true")
     e.set_defaults(quiet=True)  # warnings only, so an error stays the one line on stderr
@@ -65,7 +70,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.trial is not None and args.trial < 0:
         raise ExportError(f"--trial must be >= 0 (got {args.trial})")
     res = export_trial(args.storage, args.study, args.out, trial=args.trial, int8=args.int8,
-                       artifacts=args.artifacts, data_path=args.data)
+                       artifacts=args.artifacts, data_path=args.data, refit=args.refit, ensemble=args.ensemble)
     s = res.sidecar
     if args.json:
         print(json.dumps({"model": str(res.path), "sidecar": s, "int8_model": str(res.int8_path or "") or None,
@@ -81,7 +86,14 @@ def _export(args: argparse.Namespace) -> int:
     print(f"  parity vs torch on {par['segments']} validation segments: max |diff| {par['max_abs_diff']:.3g} "
           f"(< {par['tolerance']:g})")
     print(f"  size {s['size_bytes']} bytes ({s['size_kb']:.1f} KB)  sha256 {s['sha256'][:16]}...")
-    print(f"  validation ({s['validation']['segments']} segments, onnxruntime): {_metric_line(s['metrics']['float'])}")
+    fit = s["fit"]
+    if fit["mode"] != "checkpoint":
+        print(f"  {fit['mode']}: {fit['members']} member(s) trained on {fit['subjects']} subjects "
+              f"({fit['segments']} segments" + (f", {fit['epochs']} epochs" if fit.get("epochs") else "")
+              + f", {fit['seconds']:.0f} s)" + (f", {fit['combine']}" if fit.get("combine") else ""))
+    where = "" if s["validation"]["held_out"] else ", in-sample after refit"
+    print(f"  validation ({s['validation']['segments']} segments, onnxruntime{where}): "
+          f"{_metric_line(s['metrics']['float'])}")
     if res.int8_sidecar is not None:
         q = res.int8_sidecar
         ratio = q["size_bytes"] / s["size_bytes"]

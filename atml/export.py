@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,8 @@ class TrialRef:
     checkpoint: Path
     data: dict[str, Any]  # the study's validated ``data`` section
     artifacts: Path
+    settings: Any = None  # the study's StudySettings (seed, metric, direction): refits train as the trial did
+    user_attrs: dict[str, Any] = field(default_factory=dict)
 
 
 def locate_trial(storage_url: str, study: str, number: int | None = None,
@@ -261,7 +263,7 @@ def locate_trial(storage_url: str, study: str, number: int | None = None,
     if SPACE_ATTR not in attrs:
         raise StorageError(f"study {study!r} was not created by atml search (no stored search space)")
     stored = json.loads(attrs[SPACE_ATTR])
-    data = space_from_dict(stored["raw"], source=stored["source"], check_paths=False).data
+    space = space_from_dict(stored["raw"], source=stored["source"], check_paths=False)
     st = optuna.load_study(study_name=study, storage=storage)
     trials = st.get_trials(deepcopy=False)
     if number is None:
@@ -287,8 +289,9 @@ def locate_trial(storage_url: str, study: str, number: int | None = None,
     if not path.is_file():
         raise ExportError(f"checkpoint of trial #{t.number} not found on this machine: {path} "
                           "(pass --artifacts DIR, the folder holding <study>/trials/)")
-    return TrialRef(study=study, number=t.number, value=t.values[0] if t.values else None, params=dict(t.params), checkpoint=path,
-                    data=data, artifacts=Path(artifacts))
+    return TrialRef(study=study, number=t.number, value=t.values[0] if t.values else None, params=dict(t.params),
+                    checkpoint=path, data=space.data, artifacts=Path(artifacts), settings=space.study,
+                    user_attrs=dict(t.user_attrs))
 
 
 # --------------------------------------------------------------------------- export
@@ -310,9 +313,12 @@ def _spread(n: int, k: int) -> np.ndarray:
 
 
 def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None = None, int8: bool = False,
-                 artifacts: str | Path | None = None, data_path: str | None = None,
-                 parity_segments: int = 256, calibration_segments: int = 256) -> ExportResult:
+                 artifacts: str | Path | None = None, data_path: str | None = None, refit: bool = False,
+                 ensemble: int = 1, parity_segments: int = 256, calibration_segments: int = 256) -> ExportResult:
     """Export a trial's checkpoint (default: the best trial) to a verified ONNX file.
+
+    ``refit`` retrains the trial's configuration on training + validation subjects and
+    ``ensemble`` > 1 exports K seeds' members averaged as one model (:mod:`atml.refit`).
 
     Checks ``onnx.checker`` and parity (max |logit difference| < 1e-4) against torch on up
     to ``parity_segments`` validation segments of the study's own subject split, scores the
@@ -321,8 +327,11 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
     """
     from atml.data import load_dataset
     from atml.objective import data_spec, load_checkpoint  # here: objective imports this module
+    from atml.refit import final_model
 
     t0 = time.perf_counter()
+    if ensemble < 1:
+        raise ExportError(f"--ensemble must be >= 1 (got {ensemble})")
     out = Path(out)
     if out.is_dir():
         raise ExportError(f"--out {out} is a folder; give a file name such as {out / 'best.onnx'}")
@@ -352,6 +361,8 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
     task = str(ck.get("task", "binary"))
     y_val = np.asarray(ds.y[val], dtype=np.float32 if task == "multilabel" else np.int64)
 
+    final = final_model(model, ck, ref, ds.x, ds.y, split.train, split.val, refit=refit, members=ensemble)
+    model = final.model
     blob = export_onnx(model, leads, samples)
     check_onnx(blob)
     session = ort_session(blob, what=f"exported model of trial #{ref.number}")
@@ -403,7 +414,10 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
         "drop_labels": list(spec.drop_labels),
         "label_map": spec.label_map,
         "metrics": {"float": metrics(m_float), "int8": metrics(m_int8)},
-        "validation": {"segments": len(val), "subjects": list(split.val_subjects), "source": ds.source},
+        "validation": {"segments": len(val), "subjects": list(split.val_subjects), "source": ds.source,
+                       # a refit trains on these subjects: its validation figures are then in-sample
+                       "held_out": final.validation_held_out},
+        "fit": final.info,
         # held out by the search (never used for selection): `atml evaluate --subjects test`
         "test": {"segments": len(split.test), "subjects": list(split.test_subjects)},
         "parity": {"max_abs_diff": diff, "segments": len(px), "tolerance": PARITY_TOLERANCE},

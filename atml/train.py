@@ -47,6 +47,7 @@ class TrainConfig:
     lr_patience: int = 2
     min_epochs: int = 1
     augment: float = 0.0
+    keep: str = "best"  # best: the best validation epoch's weights; last: the final epoch's (fixed-length refits)
     seed: int = 0
     metric: str = "f1"
     direction: str = "maximize"
@@ -185,7 +186,8 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     classes: tuple[str, ...] = (),
 ) -> TrainResult:
-    """Train ``model`` and return the best epoch's metrics and weights.
+    """Train ``model`` and return the best epoch's metrics and weights (``cfg.keep="last"``:
+    the last epoch's, for a fixed-length refit whose validation data may be in training).
 
     ``report(epoch, objective, metrics)`` is called after each epoch and may raise (e.g.
     ``optuna.TrialPruned``) to stop; ``should_stop()`` is polled every batch and makes
@@ -239,7 +241,8 @@ def fit(
         obj = _objective(m, cfg.metric)
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"training loss is {train_loss} at epoch {epoch}")
-        if best_epoch < 0 or _better(obj, best_obj, cfg.direction):
+        if best_epoch < 0 or _better(obj, best_obj, cfg.direction) or (
+                cfg.keep == "last" and epoch == cfg.epochs - 1):
             best_obj, best_epoch, best_metrics = obj, epoch, dict(m)
             best_state = copy.deepcopy(model.state_dict())
         sched.step(m["val_loss"])

@@ -43,7 +43,9 @@ def study(tmp_path_factory, atml_cmd_module) -> SimpleNamespace:
     """A real 2-trial search on synthetic data, plus a pruned trial without checkpoint."""
     root = tmp_path_factory.mktemp("export")
     space = root / "space.yaml"
-    space.write_text(yaml.safe_dump(small_space(STUDY, n_trials=2, epochs=2)))
+    cfg = small_space(STUDY, n_trials=2, epochs=2)
+    cfg["data"]["test_fraction"] = 0.25  # held-out subjects that no export may train on
+    space.write_text(yaml.safe_dump(cfg))
     db = root / "studies" / "atml.db"
     url = f"sqlite:///{db}"
     r = _run([*atml_cmd_module, "search", "--space", str(space), "--storage", url, "--workers", "1",
@@ -142,6 +144,46 @@ def test_sidecar_contents(exported, study):
     q = exported.int8_side
     assert q["precision"] == "int8" and q["sha256"] == hashlib.sha256(exported.int8.read_bytes()).hexdigest()
     assert q["quantization"]["method"].startswith("onnxruntime static") and q["metrics"] == s["metrics"]
+    assert s["fit"]["mode"] == "checkpoint" and s["validation"]["held_out"] is True
+
+
+def _export_json(study, out: Path, *extra: str) -> dict:
+    rc = main(["export", "--storage", study.url, "--study", STUDY, "--out", str(out), "--json", *extra])
+    assert rc == 0
+    return json.loads(sidecar_path(out).read_text())
+
+
+def test_ensemble_export_is_one_verified_model_and_reproducible(study, exported, tmp_path, capsys):
+    a = _export_json(study, tmp_path / "ens.onnx", "--ensemble", "2")
+    b = _export_json(study, tmp_path / "again.onnx", "--ensemble", "2")
+    capsys.readouterr()
+    single = exported.side
+    assert a["fit"]["mode"] == "ensemble" and a["fit"]["members"] == 2 and a["fit"]["subjects"] == "train"
+    assert a["n_params"] == 2 * single["n_params"] and a["size_bytes"] > 1.8 * single["size_bytes"]
+    assert a["parity"]["max_abs_diff"] < 1e-4 and a["validation"]["held_out"] is True
+    # same study, trial and K: the same seeds, the same weights, byte for byte
+    assert a["fit"]["seeds"] == b["fit"]["seeds"] and a["sha256"] == b["sha256"]
+    # member 0 is the trial's checkpoint, member 1 a second seed: the mean differs from either
+    x = np.random.default_rng(0).standard_normal((8, 1, 1250)).astype(np.float32)
+    (ens,) = ort_session(tmp_path / "ens.onnx").run(None, {"ecg": x})
+    (one,) = ort_session(exported.model).run(None, {"ecg": x})
+    assert ens.shape == one.shape == (8, 2) and not np.allclose(ens, one, atol=1e-3)
+
+
+def test_refit_trains_on_train_and_validation_subjects_only(study, exported, tmp_path, capsys):
+    rc = main(["export", "--storage", study.url, "--study", STUDY, "--out", str(tmp_path / "refit.onnx"),
+               "--refit"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    s = json.loads(sidecar_path(tmp_path / "refit.onnx").read_text())
+    assert "refit: 1 member(s) trained on train+validation subjects" in out and "in-sample after refit" in out
+    fit = s["fit"]
+    assert fit["mode"] == "refit" and fit["epochs"] == study.best.user_attrs["best_epoch"] + 1
+    assert s["validation"]["held_out"] is False
+    # every training and validation segment (8 subjects x 16), never a test subject's
+    assert s["test"]["segments"] > 0 and fit["segments"] == 8 * 16 - s["test"]["segments"]
+    assert fit["segments"] > s["validation"]["segments"] + s["test"]["segments"]
+    assert s["sha256"] != exported.side["sha256"] and s["parity"]["max_abs_diff"] < 1e-4
 
 
 def test_int8_model_runs_scores_and_is_smaller(exported, real_x):
@@ -235,6 +277,7 @@ def test_unknown_study_one_line_exit_2(study, atml_cmd_module, tmp_path):
     (["--trial", "PRUNED"], r"trial #\d+ of study 'exp' is PRUNED and has no checkpoint"),
     (["--artifacts", "EMPTY"], r"checkpoint of trial #\d+ not found on this machine: .*model\.pt"),
     (["--data", "MISSING"], r"data path .*missing-data of study 'exp' does not exist on this machine"),
+    (["--ensemble", "0"], r"--ensemble must be >= 1 \(got 0\)"),
 ])
 def test_export_bad_inputs(study, tmp_path, capsys, extra, expect):
     extra = [{"PRUNED": str(study.pruned), "EMPTY": str(tmp_path), "MISSING": str(tmp_path / "missing-data")}

@@ -14,7 +14,7 @@ LEVELS = {
     "space": 1, "storage": 1, "data": 1, "models": 1, "metrics": 1, "plots": 1, "samplers": 1,
     "results": 1,
     "train": 2,
-    "objective": 3, "gate": 3, "export": 3, "onnx_eval": 3,
+    "objective": 3, "gate": 3, "export": 3, "onnx_eval": 3, "refit": 3,
     "worker": 4, "search": 4,
     "dashboard": 5, "cli": 5, "cli_export": 5, "cli_dashboard": 5, "cli_gate": 5, "cli_storage": 5, "__main__": 6,
 }
