@@ -194,7 +194,12 @@ def _print_summary(res: Any) -> None:
     print("  trials: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(c.items())) +
           f"  in {res.wall_seconds:.0f} s" + (f"  [{res.stop_reason}]" if res.stop_reason else ""))
     sp = res.split
-    print(f"  data: {sp.get('source')}  shape {sp.get('shape')}  skipped {sp.get('skipped', 0)}")
+    variants = sp.get("variants")
+    # A space that searches preprocessing has one shape per variant; the splits are the same.
+    shape = (f"shape {sp.get('shape')}" if not variants else "shapes " + ", ".join(
+        f"{v['shape']} ({' '.join(f'{k}={_fmt(x)}' for k, x in v.items() if k not in ('shape', 'segments'))})"
+        for v in variants))
+    print(f"  data: {sp.get('source')}  {shape}  skipped {sp.get('skipped', 0)}")
     for part in ("train", "val", "test"):
         info = sp.get(part)
         if info and info.get("segments"):

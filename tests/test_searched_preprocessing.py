@@ -146,3 +146,17 @@ def test_search_trains_each_trial_on_its_own_preprocessing(shared_data, tmp_path
     assert r.returncode == 0, r.stderr[-2000:]
     ev = json.loads(r.stdout)
     assert ev["segments"] > 100 and 0.0 <= ev["metrics"]["f1"] <= 1.0
+
+
+def test_summary_names_each_variants_shape(capsys):
+    from types import SimpleNamespace
+
+    from atml.cli import _print_summary
+
+    split = {"source": "train.npz", "shape": [1, 625], "skipped": 0,
+             "variants": [{"data.target_fs": 125, "shape": [1, 625], "segments": 9},
+                          {"data.target_fs": 250, "shape": [1, 1250], "segments": 9}]}
+    _print_summary(SimpleNamespace(counts={"COMPLETE": 1}, wall_seconds=3.0, stop_reason=None, study="s",
+                                   storage="sqlite:///x.db", split=split, best=None, worker_logs=[]))
+    out = capsys.readouterr().out
+    assert "shapes [1, 625] (data.target_fs=125), [1, 1250] (data.target_fs=250)" in out
