@@ -123,7 +123,9 @@ def _evaluate(args: argparse.Namespace) -> int:
           + (f", {d['skipped']} skipped" if d["skipped"] else ""))
     print(f"  test:       {_metric_line(d['metrics'])}")
     if d["validation_metrics"]:
-        print(f"  validation: {_metric_line(d['validation_metrics'])}  (search split, from the sidecar)")
+        where = "search split, from the sidecar" if d["validation_held_out"] else \
+            "search split, from the sidecar; in-sample: the refit trained on it"
+        print(f"  validation: {_metric_line(d['validation_metrics'])}  ({where})")
     neg, pos = d["classes"][0], d["classes"][1]
     (tn, fp), (fn, tp) = d["confusion"]["matrix"]
     w = max(len(neg), len(pos), 8)

@@ -169,6 +169,7 @@ class Evaluation:
     latency: dict[str, Any]
     batch_latency: list[dict[str, Any]] = field(default_factory=list)
     validation_metrics: dict[str, Any] | None = None  # from the sidecar, for comparison
+    validation_held_out: bool = True  # False after `atml export --refit` (validation subjects trained on)
     sha256_matches_sidecar: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,5 +284,6 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_laten
         metrics={k: metrics[k] for k in METRIC_NAMES}, confusion=cm, per_subject=_per_subject(subject, y, pred),
         latency=lat, batch_latency=batches,
         validation_metrics=(side.get("metrics") or {}).get("int8" if side.get("precision") == "int8" else "float"),
+        validation_held_out=bool((side.get("validation") or {}).get("held_out", True)),
         sha256_matches_sidecar=None if sha is None else hashlib.sha256(blob).hexdigest() == sha,
     )
