@@ -197,7 +197,7 @@ def _print_summary(res: Any) -> None:
     variants = sp.get("variants")
     # A space that searches preprocessing has one shape per variant; the splits are the same.
     shape = (f"shape {sp.get('shape')}" if not variants else "shapes " + ", ".join(
-        f"{v['shape']} ({' '.join(f'{k}={_fmt(x)}' for k, x in v.items() if k not in ('shape', 'segments'))})"
+        f"{v['shape']} ({' '.join(f'data.{k}={_fmt(x)}' for k, x in v.items() if k not in ('shape', 'segments'))})"
         for v in variants))
     print(f"  data: {sp.get('source')}  {shape}  skipped {sp.get('skipped', 0)}")
     for part in ("train", "val", "test"):

@@ -154,8 +154,8 @@ def test_summary_names_each_variants_shape(capsys):
     from atml.cli import _print_summary
 
     split = {"source": "train.npz", "shape": [1, 625], "skipped": 0,
-             "variants": [{"data.target_fs": 125, "shape": [1, 625], "segments": 9},
-                          {"data.target_fs": 250, "shape": [1, 1250], "segments": 9}]}
+             "variants": [{"target_fs": 125, "shape": [1, 625], "segments": 9},
+                          {"target_fs": 250, "shape": [1, 1250], "segments": 9}]}
     _print_summary(SimpleNamespace(counts={"COMPLETE": 1}, wall_seconds=3.0, stop_reason=None, study="s",
                                    storage="sqlite:///x.db", split=split, best=None, worker_logs=[]))
     out = capsys.readouterr().out
