@@ -359,3 +359,16 @@ def test_evaluate_on_the_held_out_test_subjects(tmp_path, write_space, atml_cmd,
     ev = _json.loads(r.stdout)
     assert ev["subjects"] == 1 and ev["segments"] == side["test"]["segments"]
     assert [row["subject"] for row in ev["per_subject"]] == test_subjects
+    assert ev["validation_held_out"] is True
+    # a refit on real segments: trained on every segment but the test subject's; evaluate then says the
+    # validation figures it quotes from the sidecar are in-sample
+    refit = tmp_path / "refit.onnx"
+    r = subprocess.run([*atml_cmd, "export", "--storage", url, "--study", "heldout", "--out", str(refit), "--refit"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rs = _json.loads(Path(f"{refit}.json").read_text())
+    assert rs["fit"]["segments"] == 344 - side["test"]["segments"] and rs["validation"]["held_out"] is False
+    r = subprocess.run([*atml_cmd, "evaluate", "--model", str(refit), "--data", str(txt_sample), "--subjects", "test",
+                        "--runs", "5"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "in-sample: the refit trained on it" in r.stdout and f"{side['test']['segments']} segments" in r.stdout
