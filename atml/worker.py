@@ -43,6 +43,20 @@ class OverBudget(Exception):
     """A trial created after the global budget was already taken by other workers."""
 
 
+class _NoTracebackForOverBudget(logging.Filter):
+    """Two workers racing for the last slot is expected at the end of a search: Optuna's
+    one-line "Trial N failed ... OverBudget(...)" warning says it; a traceback would read
+    as a crash in the worker log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], OverBudget):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_NoTracebackForOverBudget())
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     storage: str

@@ -217,3 +217,28 @@ def test_python_dash_m_and_console_script_agree(atml_cmd):
     exe = os.path.join(os.path.dirname(sys.executable), "atml")
     r2 = _run([exe, "--version"]) if os.path.exists(exe) else r
     assert r.returncode == 0 and r.stdout.strip().startswith("atml ") and r.stdout == r2.stdout
+
+
+def test_over_budget_trial_is_one_warning_line_not_a_traceback():
+    """Two workers racing for the last slot is normal at the end of a search: the loser's trial is
+    failed with a one-line warning; a traceback in its log would read as a crash."""
+    import io
+    import logging
+
+    from atml.worker import OverBudget
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        study = optuna.create_study()
+
+        def over(trial):
+            raise OverBudget(f"trial {trial.number} is past the budget of 0")
+
+        study.optimize(over, n_trials=1, catch=(OverBudget,))
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    out = buf.getvalue()
+    assert "OverBudget('trial 0 is past the budget of 0')" in out and "Traceback" not in out
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
