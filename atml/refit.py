@@ -58,10 +58,9 @@ def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np
     """The trial's checkpoint, or its configuration retrained (``refit``) and/or ensembled.
 
     ``x``/``y`` are the study's (cached) arrays, ``train_idx``/``val_idx`` its subject split;
-    ``ref`` is the :class:`atml.export.TrialRef` (study settings, trial number and attributes).
+    ``ref`` is the :class:`atml.export.TrialRef` (study settings, trial number and attributes);
+    ``members`` >= 1 (``export_trial`` checks it before loading anything).
     """
-    if members < 1:
-        raise ExportError(f"--ensemble must be >= 1 (got {members})")
     if not refit and members == 1:
         return FinalFit(checkpoint_model, {"mode": "checkpoint", "members": 1,
                                            "subjects": "train", "note": "the trial's own checkpoint"})
