@@ -52,6 +52,8 @@ TRAIN_DEFAULTS: dict[str, tuple[type, Any]] = {
     "lr_patience": (int, 2),
     "min_epochs": (int, 1),
     "augment": (float, 0.0),
+    "ema": (float, 0.0),
+    "stretch": (float, 0.0),
 }
 _OPTIMIZERS = ("adamw", "adam", "sgd")
 _METRICS = ("f1", "accuracy", "precision", "recall", "auroc", "val_loss", "physionet2017")
@@ -666,11 +668,11 @@ def _check_train_value(v: _Validator, k: str, val: Any) -> None:
     positive = {"epochs", "batch_size", "lr", "patience", "lr_patience", "min_epochs"}
     if k in positive and val <= 0:
         v.fail(f"train.{k}", f"must be > 0 (got {val})")
-    if k in ("weight_decay", "gap", "momentum") and val < 0:
+    if k in ("weight_decay", "gap", "momentum", "stretch") and val < 0:
         v.fail(f"train.{k}", f"must be >= 0 (got {val})")
     if k == "augment" and not 0 <= val <= 1:
         v.fail("train.augment", f"must be in [0, 1] (got {val})")
-    if k in ("lr_factor", "label_smoothing") and not 0 <= val < 1:
+    if k in ("lr_factor", "label_smoothing", "ema") and not 0 <= val < 1:
         v.fail(f"train.{k}", f"must be in [0, 1) (got {val})")
 
 

@@ -120,3 +120,42 @@ def test_augment_is_seeded_and_off_by_default(synthetic):
     res = fit(build_model("afnet", in_channels=1, n_classes=2), synthetic.x_train, synthetic.y_train,
               synthetic.x_val, synthetic.y_val, TrainConfig(epochs=1, augment=0.5))
     assert math.isfinite(res.metrics["val_loss"])
+
+
+def test_ema_keeps_the_moving_average_and_scores_it(synthetic):
+    """With ``ema`` the kept weights are the average, not the last step's, and the quoted
+    metrics are the average's own (reloading the kept weights reproduces them)."""
+    d = synthetic
+    cfg = TrainConfig(epochs=2, lr=3e-3, ema=0.9, keep="last", seed=4)
+    torch.manual_seed(2)
+    model = build_model("afnet", in_channels=1, n_classes=2, width=6, depth=2)
+    res = fit(model, d.x_train, d.y_train, d.x_val, d.y_val, cfg)
+    raw = model.state_dict()
+    floats = [k for k, v in raw.items() if v.dtype.is_floating_point]
+    assert any(not torch.equal(raw[k], res.state_dict[k]) for k in floats)  # the average, not the last step
+    fresh = build_model("afnet", in_channels=1, n_classes=2, width=6, depth=2)
+    fresh.load_state_dict(res.state_dict)
+    assert evaluate(fresh, d.x_val, d.y_val)["val_loss"] == pytest.approx(res.metrics["val_loss"], rel=1e-5)
+    with pytest.raises(Exception, match="train.ema"):
+        space_from_dict({**small_space(), "train": {"ema": 1.0}})
+
+
+def test_stretch_changes_the_beat_rate_within_its_range_and_is_seeded(synthetic):
+    from atml.train import stretch
+
+    x = torch.zeros(2, 1, 1250)
+    x[..., ::50] = 1.0  # one beat every 50 samples
+    assert torch.equal(stretch(x, 0.0, torch.Generator().manual_seed(0)), x)
+    periods = []
+    for seed in range(12):
+        a = stretch(x, 0.3, torch.Generator().manual_seed(seed))
+        b = stretch(x, 0.3, torch.Generator().manual_seed(seed))
+        assert a.shape == x.shape and torch.equal(a, b)
+        peaks = torch.nonzero(a[0, 0] > 0.5 * a[0, 0].max()).flatten()
+        starts = peaks[torch.cat([torch.tensor([True]), peaks.diff() > 2])]  # first sample of each beat
+        periods.append(float(starts.diff().float().median()))
+    assert all(50 / 1.3 - 2 <= p <= 50 * 1.3 + 2 for p in periods), periods
+    assert max(periods) - min(periods) > 10, periods  # the rate really varies between batches
+    res = fit(build_model("afnet", in_channels=1, n_classes=2), synthetic.x_train, synthetic.y_train,
+              synthetic.x_val, synthetic.y_val, TrainConfig(epochs=1, stretch=0.3))
+    assert math.isfinite(res.metrics["val_loss"])

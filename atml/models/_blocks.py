@@ -184,5 +184,48 @@ class ClassifierHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(in_channels, n_classes)
 
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of ``(B, C, T)`` features; ``extra`` ``(B, E)`` features join the pooled ones."""
+        z = x.mean(dim=-1)
+        if extra is not None:
+            z = torch.cat([z, extra], dim=1)
+        return self.fc(self.dropout(z))
+
+
+class RhythmFeatures(nn.Module):
+    """How regular the beat-to-beat rhythm is: autocorrelation of learned beat maps.
+
+    Global average pooling keeps *what* the waveform looks like and throws away *when*
+    things happen, yet the strongest sign of atrial fibrillation is an irregularly
+    irregular RR interval. A 1x1 convolution turns the feature maps into ``maps`` beat
+    maps; each is standardised over time and its autocorrelation at lags ``1..lags``
+    (in feature steps) is taken. A regular rhythm has a tall peak at its RR interval, an
+    irregular one decays into noise. A small ReLU layer reads the ``maps x lags`` curve.
+    Parameter-free apart from the two small projections, length-agnostic (lags a short
+    input cannot reach read as 0), and plain Slice/Mul/ReduceMean in ONNX.
+    """
+
+    def __init__(self, in_channels: int, maps: int, lags: int, hidden: int) -> None:
+        super().__init__()
+        self.maps, self.lags = maps, lags
+        self.proj = nn.Conv1d(in_channels, maps, 1)
+        # A fixed convolution whose output channel l is the input shifted left by l + 1
+        # steps: all lags in one Conv node (a Slice per lag costs ~2 KB of ONNX each).
+        shift = torch.zeros(lags, 1, lags + 1)
+        shift[torch.arange(lags), 0, torch.arange(1, lags + 1)] = 1.0
+        self.register_buffer("shift", shift, persistent=False)
+        self.read = nn.Sequential(nn.Linear(maps * lags, hidden), nn.ReLU())
+        self.out_features = hidden
+
+    def autocorrelation(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, T)`` features -> ``(B, maps, lags)`` autocorrelation of the beat maps
+        (1 at lag k: the map repeats exactly every k steps; lags past the input read 0)."""
+        b = self.proj(x)
+        b = b - b.mean(dim=-1, keepdim=True)
+        b = b / torch.sqrt(b.pow(2).mean(dim=-1, keepdim=True) + 1e-5)
+        flat = b.reshape(-1, 1, b.shape[-1])  # (B * maps, 1, T)
+        shifted = nn.functional.conv1d(nn.functional.pad(flat, (0, self.lags)), self.shift)  # (B * maps, lags, T)
+        return (shifted * flat).mean(dim=-1).reshape(-1, self.maps, self.lags)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(x.mean(dim=-1)))
+        return self.read(self.autocorrelation(x).flatten(1))

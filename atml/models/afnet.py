@@ -16,6 +16,7 @@ from torch import nn
 from atml.models._blocks import (
     ClassifierHead,
     ConvBNAct,
+    RhythmFeatures,
     SqueezeExcite,
     check_common,
     check_float,
@@ -38,7 +39,15 @@ SPACE_HINT: dict[str, Any] = {
     "se_reduction": [0, 2, 4, 8],
     "stride": [1, 2, 3],
     "stem_stride": [2, 4, 8],
+    "rhythm": [0, 2, 4],
 }
+
+# The rhythm branch reads the features after this many blocks (stride 16 with the
+# defaults: 15.6 steps/s at 250 Hz) at lags up to RHYTHM_LAGS steps (1.5 s there, 3 s at
+# 125 Hz): the RR intervals of every heart rate from 40 bpm up.
+RHYTHM_TAP = 2
+RHYTHM_LAGS = 24
+RHYTHM_HIDDEN = 8
 
 
 class AFNet(nn.Module):
@@ -69,6 +78,9 @@ class AFNet(nn.Module):
     stem_stride:
         Downsampling of the stem; long inputs get shortened early so compute
         stays small.
+    rhythm:
+        Beat maps of the rhythm branch (:class:`RhythmFeatures`, read after the
+        second block); 0 leaves it out and gives the plain ATML network.
     """
 
     def __init__(
@@ -84,6 +96,7 @@ class AFNet(nn.Module):
         se_reduction: int = 4,
         stride: int = 2,
         stem_stride: int = 4,
+        rhythm: int = 0,
     ) -> None:
         super().__init__()
         in_channels, n_classes, width, depth, kernel_size, dropout, stem_stride = check_common(
@@ -99,6 +112,7 @@ class AFNet(nn.Module):
         growth = check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
         se_reduction = check_int(FAMILY, "se_reduction", se_reduction, low=0)
         stride = check_int(FAMILY, "stride", stride, low=1)
+        rhythm = check_int(FAMILY, "rhythm", rhythm, low=0)
         self.hparams: dict[str, Any] = {
             "in_channels": in_channels,
             "n_classes": n_classes,
@@ -110,20 +124,34 @@ class AFNet(nn.Module):
             "se_reduction": se_reduction,
             "stride": stride,
             "stem_stride": stem_stride,
+            "rhythm": rhythm,
         }
 
         self.stem = ConvBNAct(in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride)
         blocks: list[nn.Module] = []
         channels = width
+        self._tap = -1  # index in self.blocks after which the rhythm branch reads
         for i in range(depth):
             out = scaled_channels(width, growth, i + 1)
             blocks.append(ConvBNAct(channels, out, kernel_size, stride=stride))
             if se_reduction > 0:
                 blocks.append(SqueezeExcite(out, se_reduction))
             channels = out
+            if i < RHYTHM_TAP:
+                self._tap, tap_channels = len(blocks) - 1, out
         self.blocks = nn.Sequential(*blocks)
-        self.head = ClassifierHead(channels, n_classes, dropout)
+        self.rhythm = RhythmFeatures(tap_channels, rhythm, RHYTHM_LAGS, RHYTHM_HIDDEN) if rhythm else None
+        extra = self.rhythm.out_features if self.rhythm is not None else 0
+        self.head = ClassifierHead(channels + extra, n_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, C, T)`` signals to ``(B, n_classes)`` logits."""
-        return self.head(self.blocks(self.stem(x)))
+        h = self.stem(x)
+        if self.rhythm is None:
+            return self.head(self.blocks(h))
+        tapped = h
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if i == self._tap:
+                tapped = h
+        return self.head(h, self.rhythm(tapped))

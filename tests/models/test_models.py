@@ -191,6 +191,8 @@ def test_trains(family: str) -> None:
 # (no SE, identity shortcuts, channel shuffle, partial residual group).
 _EXPORT_CASES = [(f, {}) for f in FAMILIES] + [
     ("afnet", {"width": 4, "depth": 2, "kernel_size": 3, "se_reduction": 0}),
+    ("afnet", {"rhythm": 2}),
+    ("afnet", {"rhythm": 1, "depth": 1, "se_reduction": 0}),
     ("resnet1d", {"stride": 1, "growth": 1.0}),
     ("sepnet", {"groups": 2, "expansion": 1}),
     ("sepnet", {"groups": 4, "width": 10}),
@@ -239,6 +241,43 @@ def test_smallest_afnet_is_tiny() -> None:
     assert count_parameters(model) < 16_000
     default = build_model("afnet", in_channels=1, n_classes=2)
     assert count_parameters(default) < 16_000
+
+
+def test_rhythm_branch_tells_a_regular_beat_from_an_irregular_one() -> None:
+    """The autocorrelation the AFNet rhythm branch reads peaks at the beat period of a
+    regular spike train and stays low at every lag for an irregular one."""
+    from atml.models._blocks import RhythmFeatures
+
+    rf = RhythmFeatures(1, 1, lags=24, hidden=4)
+    with torch.no_grad():
+        rf.proj.weight.fill_(1.0)
+        rf.proj.bias.zero_()
+    regular = torch.zeros(1, 1, 78)
+    regular[..., 3::9] = 1.0  # a beat every 9 steps
+    irregular = torch.zeros(1, 1, 78)
+    t, gaps = 3, [5, 13, 7, 11, 6, 14, 8, 5, 10]
+    for gap in gaps:
+        irregular[..., t] = 1.0
+        t += gap
+    with torch.no_grad():
+        reg = rf.autocorrelation(regular)[0, 0]
+        irr = rf.autocorrelation(irregular)[0, 0]
+    assert reg.shape == (24,)
+    assert int(reg.argmax()) + 1 == 9 and reg[8] > 0.8 and reg[17] > 0.6  # lags 9 and 18
+    assert irr.max() < 0.35
+    short = rf.autocorrelation(regular[..., :10])[0, 0]  # 10 steps: lags 10..24 do not exist
+    assert (short[9:] == 0).all()
+
+
+def test_afnet_without_rhythm_keeps_its_weights_layout() -> None:
+    plain = build_model("afnet", in_channels=1, n_classes=2)
+    assert not any(k.startswith("rhythm") for k in plain.state_dict())
+    rhythmic = build_model("afnet", in_channels=1, n_classes=2, rhythm=2)
+    extra = count_parameters(rhythmic) - count_parameters(plain)
+    assert 0 < extra < 1_000  # the branch is cheap
+    assert rhythmic(torch.randn(2, 1, 250)).shape == (2, 2)  # the shortest input still works
+    with pytest.raises(SpaceError, match="rhythm"):
+        build_model("afnet", in_channels=1, n_classes=2, rhythm=-1)
 
 
 def test_count_parameters() -> None:
