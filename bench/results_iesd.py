@@ -11,7 +11,7 @@ them with `atml evaluate --subjects test` and writes results/iesd2024/: best.onn
 best.int8.onnx (+ sidecars), results.json, history.png and f1_vs_size.png.
 
     python bench/results_iesd.py [--storage sqlite:///studies/atml.db] [--artifacts studies] [--study afib_iesd_pre]
-        [--refit] [--ensemble K] [--baseline-model results/iesd2024/atml_baseline.onnx]
+        [--refit] [--ensemble K] [--baseline-model results/iesd2024/atml_baseline.onnx] [--out results/iesd2024]
 """
 
 from __future__ import annotations
@@ -86,12 +86,14 @@ def main() -> None:
     ap.add_argument("--study", default="afib_iesd_pre", help="the searched study")
     ap.add_argument("--refit", action="store_true", help="final fit on training + validation subjects")
     ap.add_argument("--ensemble", type=int, default=1, help="members of the final fit (mean logits)")
+    ap.add_argument("--out", type=Path, default=OUT, help="folder for the models, results.json and plots")
     ap.add_argument("--baseline-study", default="afib_iesd_atml_baseline")
     ap.add_argument("--baseline-model", type=Path, default=None,
                     help="score this already exported baseline ONNX file instead of exporting --baseline-study")
     args = ap.parse_args()
+    out = args.out
     npz = shared_data_dir() / "iesd2024" / "train.npz"
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         # The search's own best checkpoint, for comparison with the final fit.
         ck = export_trial(args.storage, args.study, Path(tmp) / "checkpoint.onnx", artifacts=args.artifacts)
@@ -99,27 +101,27 @@ def main() -> None:
         if args.baseline_model is None:
             base = export_trial(args.storage, args.baseline_study, Path(tmp) / "baseline.onnx",
                                 artifacts=args.artifacts)
-            shutil.copy(base.path, OUT / "atml_baseline.onnx")
-            shutil.copy(f"{base.path}.json", OUT / "atml_baseline.onnx.json")
+            shutil.copy(base.path, out / "atml_baseline.onnx")
+            shutil.copy(f"{base.path}.json", out / "atml_baseline.onnx.json")
             n_base = base.sidecar["n_params"]
         else:
             n_base = json.loads(Path(f"{args.baseline_model}.json").read_text())["n_params"]
-        baseline = {"float": _score(OUT / "atml_baseline.onnx" if args.baseline_model is None
+        baseline = {"float": _score(out / "atml_baseline.onnx" if args.baseline_model is None
                                     else args.baseline_model, npz), "n_params": n_base}
-    res = export_trial(args.storage, args.study, OUT / "best.onnx", int8=True, artifacts=args.artifacts,
+    res = export_trial(args.storage, args.study, out / "best.onnx", int8=True, artifacts=args.artifacts,
                        refit=args.refit, ensemble=args.ensemble)
     searched = {"float": _score(res.path, npz), "int8": _score(res.int8_path, npz),
                 "trial": res.sidecar["trial"], "family": res.sidecar["family"], "n_params": res.sidecar["n_params"],
                 "fit": res.sidecar["fit"], "checkpoint": checkpoint}
     study = optuna.load_study(study_name=args.study, storage=open_storage(args.storage))
-    _plots(study, OUT)
+    _plots(study, out)
     counts = {}
     for t in study.trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     wall = (max(t.datetime_complete for t in study.trials if t.datetime_complete)
             - min(t.datetime_start for t in study.trials if t.datetime_start)).total_seconds()
     summary = {"study": args.study, "searched": searched, "atml_baseline": baseline, "trials": counts, "search_wall_s": round(wall)}
-    (OUT / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     print("| model | ONNX KB | test F1 | accuracy | precision | recall | AUROC | per-subject F1 min/median/max |")
     print("|---|---|---|---|---|---|---|---|")
     fit = res.sidecar["fit"]

@@ -202,7 +202,7 @@ class RhythmFeatures(nn.Module):
     (in feature steps) is taken. A regular rhythm has a tall peak at its RR interval, an
     irregular one decays into noise. A small ReLU layer reads the ``maps x lags`` curve.
     Parameter-free apart from the two small projections, length-agnostic (lags a short
-    input cannot reach read as 0), and plain Slice/Mul/ReduceMean in ONNX.
+    input cannot reach read as 0), and plain Conv/Mul/ReduceMean in ONNX.
     """
 
     def __init__(self, in_channels: int, maps: int, lags: int, hidden: int) -> None:
