@@ -28,7 +28,7 @@ from atml.objective import data_spec
 from atml.results import best_trial
 from atml.space import SearchSpace, load_space
 from atml.storage import RETRY_WAIT, SPACE_ATTR, default_artifacts, open_storage
-from atml.worker import DEADLINE_ATTR, STOP_ATTR
+from atml.worker import COUNTED, DEADLINE_ATTR, STOP_ATTR
 
 __all__ = ["SearchOptions", "SearchResult", "run_search", "default_artifacts", "check_data"]
 
@@ -323,13 +323,17 @@ def _poll(study: optuna.Study, procs: list) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     best = None
+    skipped = 0  # ended before training (size cap, avoid list): they do not use up the budget
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        skipped += bool(t.user_attrs.get("skipped")) and t.state in COUNTED
         if t.state == TrialState.COMPLETE and t.values is not None:
             if best is None or sign * t.values[0] > sign * best:
                 best = t.values[0]
-    return {"counts": counts, "best": best, "alive": sum(p.poll() is None for p, _ in procs)}
+    used = sum(counts.get(s.name, 0) for s in COUNTED) - skipped
+    return {"counts": counts, "best": best, "alive": sum(p.poll() is None for p, _ in procs), "used": used,
+            "skipped": skipped}
 
 
 def _stop_workers(procs: list, grace: float = 30.0) -> None:
@@ -375,12 +379,14 @@ class _Progress:
         if self.bar is None:
             return
         c = state["counts"]
-        done = c.get("COMPLETE", 0) + c.get("PRUNED", 0)
+        # The bar counts what the budget counts: trials skipped before training are shown apart.
+        done = state["used"]
         self.bar.n = done if self.total is None else min(done, self.total)
         best = "-" if state["best"] is None else f"{state['best']:.4f}"
+        skipped = f" skipped={state['skipped']}" if state["skipped"] else ""
         self.bar.set_postfix_str(
-            f"best {self.metric}={best} pruned={c.get('PRUNED', 0)} failed={c.get('FAIL', 0)} "
-            f"workers={state['alive']}", refresh=False)
+            f"best {self.metric}={best} pruned={c.get('PRUNED', 0) - state['skipped']}{skipped} "
+            f"failed={c.get('FAIL', 0)} workers={state['alive']}", refresh=False)
         self.bar.update(0)  # redraws at most every mininterval
 
     def note(self, msg: str) -> None:

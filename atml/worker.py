@@ -30,13 +30,14 @@ from atml.space import SearchSpace, space_from_dict
 from atml.storage import SPACE_ATTR, Backoff, is_transient, open_storage, retrying, study_names, worker_id
 from atml.train import Interrupted
 
-__all__ = ["WorkerOptions", "run_worker", "load_study_space", "budget_left", "preload", "STOP_ATTR", "DEADLINE_ATTR"]
+__all__ = ["WorkerOptions", "run_worker", "load_study_space", "budget_left", "preload", "STOP_ATTR", "DEADLINE_ATTR",
+           "COUNTED"]
 
 log = logging.getLogger(__name__)
 
 
 DEADLINE_ATTR = "atml.deadline"
-_COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that use up n_trials (unless "skipped")
 
 
 class OverBudget(Exception):
@@ -94,10 +95,10 @@ def budget_left(study: optuna.Study, space: SearchSpace) -> tuple[bool, str | No
         return False, f"timeout reached ({space.budget.timeout:g} s)"
     n = space.budget.n_trials
     if n is not None:
-        trials = study.get_trials(deepcopy=False, states=(*_COUNTED, TrialState.RUNNING))
+        trials = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING))
         skipped = sum(bool(t.user_attrs.get("skipped")) for t in trials)
         trials = [t for t in trials if not t.user_attrs.get("skipped")]
-        done = sum(t.state in _COUNTED for t in trials)
+        done = sum(t.state in COUNTED for t in trials)
         if done >= n:
             return False, f"n_trials reached ({n})"
         if skipped > 10 * n + 50:
@@ -172,7 +173,7 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
         n = space.budget.n_trials
         if n is not None:
             # WAITING too: a retry of a dead worker's trial queued before this one will run.
-            ahead = study.get_trials(deepcopy=False, states=(*_COUNTED, TrialState.RUNNING, TrialState.WAITING))
+            ahead = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING, TrialState.WAITING))
             if sum(t.number < trial.number and not t.user_attrs.get("skipped") for t in ahead) >= n:
                 trial.set_user_attr("reason", "over budget: the last slot was taken by another worker")
                 raise OverBudget(f"trial {trial.number} is past the budget of {n}")

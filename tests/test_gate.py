@@ -81,6 +81,11 @@ def test_folders_avoid_list_and_skip(synthetic, tmp_path):
     assert near.intermediate_values == {}
     assert near.user_attrs["avoided_by"] == 2 and near.user_attrs["reason"].startswith("avoided")
     assert (near.datetime_complete - near.datetime_start).total_seconds() < 1.0
+    # the search's progress counts what the budget counts: the skipped point apart
+    from atml.search import _poll
+
+    state = _poll(study, [])
+    assert state["skipped"] == 1 and state["used"] == len(trials) - 1
     # folders: named from the metrics, best `keep` kept, each complete
     gate_dir = tmp_path / "gate" / "gate"
     recs = g.gate_records(study.user_attrs)
