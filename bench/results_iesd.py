@@ -2,7 +2,7 @@
 
 Reads the two studies made by
 
-    atml search --space search_spaces/afib_iesd_pre.yaml --workers 2
+    atml search --space search_spaces/afib_iesd_rate.yaml --workers 2
     atml search --space search_spaces/afib_iesd_atml_baseline.yaml --workers 1
 
 (same data, same subject split; the test subjects are never used for selection, early
@@ -10,7 +10,7 @@ stopping or the gate), exports each study's best trial to verified ONNX (+ int8)
 them with `atml evaluate --subjects test` and writes results/iesd2024/: best.onnx,
 best.int8.onnx (+ sidecars), results.json, history.png and f1_vs_size.png.
 
-    python bench/results_iesd.py [--storage sqlite:///studies/atml.db] [--artifacts studies] [--study afib_iesd_pre]
+    python bench/results_iesd.py [--storage sqlite:///studies/atml.db] [--artifacts studies] [--study afib_iesd_rate]
         [--refit] [--ensemble K] [--baseline-model results/iesd2024/atml_baseline.onnx] [--out results/iesd2024]
 """
 
@@ -83,7 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--storage", default="sqlite:///studies/atml.db")
     ap.add_argument("--artifacts", default=None)
-    ap.add_argument("--study", default="afib_iesd_pre", help="the searched study")
+    ap.add_argument("--study", default="afib_iesd_rate", help="the searched study")
     ap.add_argument("--refit", action="store_true", help="final fit on training + validation subjects")
     ap.add_argument("--ensemble", type=int, default=1, help="members of the final fit (mean logits)")
     ap.add_argument("--out", type=Path, default=OUT, help="folder for the models, results.json and plots")
