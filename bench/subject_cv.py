@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--fold-seed", type=int, default=11, help="seed of the subject-to-fold deal")
     ap.add_argument("--epochs", type=int, default=None, help="default: the trial's best_epoch + 1, else train.epochs")
     ap.add_argument("--jobs", type=int, default=2, help="folds trained at once (one thread each)")
-    ap.add_argument("--cache", default="studies/.cache")
+    ap.add_argument("--cache", default="studies/cache", help="preprocessed-data cache (shared with atml search)")
     ap.add_argument("--worst", type=int, default=8, help="subjects listed with the lowest F1")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
