@@ -168,7 +168,7 @@ def _search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res.__dict__, default=str, indent=2))
     elif res.workers == 0:
-        done = sum(v for k, v in res.counts.items() if k in ("COMPLETE", "PRUNED"))
+        done = sum(v for k, v in res.counts.items() if k in ("COMPLETE", "PRUNED")) - res.skipped
         print(f"study {res.study} ready in {res.storage} ({done} trials finished so far)")
         from atml.storage import redact
 
@@ -189,7 +189,10 @@ def _fmt(v: Any) -> str:
 
 
 def _print_summary(res: Any) -> None:
-    c = res.counts
+    c = dict(res.counts)
+    if res.skipped:  # pruned before training: listed apart, as the budget does not count them
+        c["PRUNED"] -= res.skipped
+        c["SKIPPED (size cap, avoid list)"] = res.skipped
     print(f"\nstudy {res.study}  ({res.storage})")
     print("  trials: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(c.items())) +
           f"  in {res.wall_seconds:.0f} s" + (f"  [{res.stop_reason}]" if res.stop_reason else ""))

@@ -68,6 +68,7 @@ class SearchResult:
     interrupted: bool = False
     worker_logs: list[str] = field(default_factory=list)
     workers: int = 0  # local worker processes run (0: the study was only created or resumed)
+    skipped: int = 0  # of the PRUNED trials: ended before training (size cap, avoid list), not budget
 
 
 def check_data(space: SearchSpace, data_path: str | None, artifacts: str) -> dict[str, Any]:
@@ -288,6 +289,7 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
         best=_best(study, artifacts), split=split, data_source=split.get("source", ""),
         stop_reason=study.user_attrs.get(STOP_ATTR), wall_seconds=time.time() - t0,
         interrupted=interrupted, worker_logs=[str(p) for _, p in procs], workers=len(procs),
+        skipped=_poll(study, procs)["skipped"],
     )
 
 

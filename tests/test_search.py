@@ -243,3 +243,17 @@ def test_over_budget_trial_is_one_warning_line_not_a_traceback():
     out = buf.getvalue()
     assert "OverBudget('trial 0 is past the budget of 0')" in out and "Traceback" not in out
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_summary_lists_trials_skipped_before_training_apart(capsys):
+    """A size cap rejects points before training; they are PRUNED for the sampler but not
+    budget, so the summary (like the progress bar) shows them apart from pruned trials."""
+    from atml.cli import _print_summary
+    from atml.search import SearchResult
+
+    res = SearchResult(study="s", storage="sqlite:///x.db", artifacts="studies", counts={"COMPLETE": 4, "PRUNED": 5},
+                       best=None, split={}, data_source="", stop_reason="n_trials reached (6)", wall_seconds=3.0,
+                       skipped=3)
+    _print_summary(res)
+    out = capsys.readouterr().out
+    assert "trials: complete 4, pruned 2, skipped (size cap, avoid list) 3  in 3 s  [n_trials reached (6)]" in out
