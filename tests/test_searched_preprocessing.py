@@ -149,14 +149,14 @@ def test_search_trains_each_trial_on_its_own_preprocessing(shared_data, tmp_path
 
 
 def test_summary_names_each_variants_shape(capsys):
-    from types import SimpleNamespace
-
     from atml.cli import _print_summary
+    from atml.search import SearchResult
 
     split = {"source": "train.npz", "shape": [1, 625], "skipped": 0,
              "variants": [{"target_fs": 125, "shape": [1, 625], "segments": 9},
                           {"target_fs": 250, "shape": [1, 1250], "segments": 9}]}
-    _print_summary(SimpleNamespace(counts={"COMPLETE": 1}, wall_seconds=3.0, stop_reason=None, study="s",
-                                   storage="sqlite:///x.db", split=split, best=None, worker_logs=[]))
+    _print_summary(SearchResult(counts={"COMPLETE": 1}, wall_seconds=3.0, stop_reason=None, study="s",
+                                storage="sqlite:///x.db", artifacts="studies", split=split, best=None,
+                                data_source="train.npz"))
     out = capsys.readouterr().out
     assert "shapes [1, 625] (data.target_fs=125), [1, 1250] (data.target_fs=250)" in out
