@@ -29,9 +29,18 @@ from atml.train import TrainConfig, fit
 data_spec = spec_from_section  # the name the worker, search and export use
 
 __all__ = ["data_spec", "PreparedData", "prepare_data", "DataVariants", "Objective", "checkpoint_dir",
-           "load_checkpoint"]
+           "load_checkpoint", "SKIPPED_ATTR", "was_skipped"]
 
 log = logging.getLogger(__name__)
+
+# A trial ended before training (size cap, constraint, avoid list): PRUNED for the sampler,
+# but it does not use up the budget.
+SKIPPED_ATTR = "skipped"
+
+
+def was_skipped(trial: Any) -> bool:
+    """Whether ``trial`` (frozen or live) ended before training (see :data:`SKIPPED_ATTR`)."""
+    return bool(trial.user_attrs.get(SKIPPED_ATTR))
 
 
 @dataclass
@@ -151,7 +160,7 @@ class Objective:
     def _skip(self, trial: optuna.Trial, reason: str, avoid: bool = False) -> None:
         """End a trial without training (pruned: the sampler ranks it among the worst)."""
         trial.set_user_attr("reason", reason)
-        trial.set_user_attr("skipped", True)  # not trained: does not use up the budget
+        trial.set_user_attr(SKIPPED_ATTR, True)  # not trained: does not use up the budget
         if avoid:
             g.add_avoid(trial.study, g.AvoidEntry(trial.number, dict(trial.params), reason))
         raise optuna.TrialPruned(reason)

@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from atml.errors import DataError, SpaceError
-from atml.objective import data_spec
+from atml.objective import data_spec, was_skipped
 from atml.results import best_trial
 from atml.space import SearchSpace, load_space
 from atml.storage import RETRY_WAIT, SPACE_ATTR, default_artifacts, open_storage
@@ -152,13 +152,6 @@ def _create_or_resume(space: SearchSpace, storage_url: str) -> tuple[Any, bool]:
     return storage, False
 
 
-def _counts(study: optuna.Study) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
-
-
 def _best(study: optuna.Study, artifacts: str) -> dict[str, Any] | None:
     bt = best_trial(study)
     if bt is None:
@@ -278,18 +271,19 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
         study.set_user_attr(STOP_ATTR, "interrupted (Ctrl-C)")
     finally:
         _fail_orphans(study, procs)
-        bar.update(_poll(study, procs))
+        final = _poll(study, procs)
+        bar.update(final)
         bar.close()
     codes = [p.returncode for p, _ in procs]
     if not interrupted and any(c not in (0, None) for c in codes):
         tails = [_tail(path) for (p, path) in procs if p.returncode not in (0, None)]
         log.error("worker exited with %s: %s", codes, tails[0] if tails else "")
     return SearchResult(
-        study=name, storage=opts.storage, artifacts=artifacts, counts=_counts(study),
+        study=name, storage=opts.storage, artifacts=artifacts, counts=final["counts"],
         best=_best(study, artifacts), split=split, data_source=split.get("source", ""),
         stop_reason=study.user_attrs.get(STOP_ATTR), wall_seconds=time.time() - t0,
         interrupted=interrupted, worker_logs=[str(p) for _, p in procs], workers=len(procs),
-        skipped=_poll(study, procs)["skipped"],
+        skipped=final["skipped"],
     )
 
 
@@ -329,7 +323,7 @@ def _poll(study: optuna.Study, procs: list) -> dict[str, Any]:
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        skipped += bool(t.user_attrs.get("skipped")) and t.state in COUNTED
+        skipped += was_skipped(t) and t.state in COUNTED
         if t.state == TrialState.COMPLETE and t.values is not None:
             if best is None or sign * t.values[0] > sign * best:
                 best = t.values[0]

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from atml.errors import StorageError
 from atml.gate import STOP_ATTR, AvoidEntry, add_avoid, clean_partial
-from atml.objective import DataVariants, Objective, data_spec, prepare_data
+from atml.objective import DataVariants, Objective, data_spec, prepare_data, was_skipped
 from atml.samplers import make_pruner, make_sampler
 from atml.space import SearchSpace, space_from_dict
 from atml.storage import SPACE_ATTR, Backoff, is_transient, open_storage, retrying, study_names, worker_id
@@ -96,8 +96,8 @@ def budget_left(study: optuna.Study, space: SearchSpace) -> tuple[bool, str | No
     n = space.budget.n_trials
     if n is not None:
         trials = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING))
-        skipped = sum(bool(t.user_attrs.get("skipped")) for t in trials)
-        trials = [t for t in trials if not t.user_attrs.get("skipped")]
+        skipped = sum(was_skipped(t) for t in trials)
+        trials = [t for t in trials if not was_skipped(t)]
         done = sum(t.state in COUNTED for t in trials)
         if done >= n:
             return False, f"n_trials reached ({n})"
@@ -174,7 +174,7 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
         if n is not None:
             # WAITING too: a retry of a dead worker's trial queued before this one will run.
             ahead = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING, TrialState.WAITING))
-            if sum(t.number < trial.number and not t.user_attrs.get("skipped") for t in ahead) >= n:
+            if sum(t.number < trial.number and not was_skipped(t) for t in ahead) >= n:
                 trial.set_user_attr("reason", "over budget: the last slot was taken by another worker")
                 raise OverBudget(f"trial {trial.number} is past the budget of {n}")
         try:

@@ -39,8 +39,10 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _configuration(args: argparse.Namespace, space: Any) -> dict[str, Any]:
+def _configuration(args: argparse.Namespace, space: Any) -> tuple[dict[str, Any], int | None]:
+    """The flat parameters (a trial's, then ``--set``) and the trial's best_epoch + 1, if known."""
     flat: dict[str, Any] = {}
+    trial_epochs = None
     if args.trial is not None:
         import optuna
 
@@ -49,14 +51,14 @@ def _configuration(args: argparse.Namespace, space: Any) -> dict[str, Any]:
         study = optuna.load_study(study_name=args.study or space.study.name, storage=open_storage(args.storage))
         trial = study.trials[args.trial]
         flat.update(trial.params)
-        if args.epochs is None and "best_epoch" in trial.user_attrs:
-            args.epochs = int(trial.user_attrs["best_epoch"]) + 1
+        if "best_epoch" in trial.user_attrs:
+            trial_epochs = int(trial.user_attrs["best_epoch"]) + 1
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"subject_cv: --set needs key=value, got {item!r}")
         flat[key] = _parse_value(value)
-    return flat
+    return flat, trial_epochs
 
 
 def _fold_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -127,7 +129,7 @@ def main() -> None:
 
     try:
         space = load_space(args.space)
-        flat = _configuration(args, space)
+        flat, trial_epochs = _configuration(args, space)
         params = space.params_from_flat(flat)
     except KeyError as e:
         print(f"subject_cv: the configuration lacks {e.args[0]} (give it with --set or --trial)", file=sys.stderr)
@@ -153,7 +155,7 @@ def main() -> None:
     split = ds.split(spec)
     subjects = np.array(sorted(set(split.train_subjects) | set(split.val_subjects)))
     order = np.random.default_rng(args.fold_seed).permutation(len(subjects))
-    epochs = args.epochs or int(params["train"].get("epochs", 20))
+    epochs = args.epochs or trial_epochs or int(params["train"].get("epochs", 20))
     jobs = [{"fold": k, "held": subjects[order[k::args.folds]].tolist(), "data": data_section,
              "cache": args.cache, "family": params["model"]["family"], "hparams": params["model"]["hparams"],
              "train": params["train"], "epochs": epochs, "seed": space.study.seed, "threads": 1}
