@@ -1,7 +1,7 @@
 """ATML: AutoML search for ECG classifiers.
 
 Importing :mod:`atml` loads neither torch nor fastapi; the heavy parts live in
-submodules (``atml.search``, ``atml.worker``, ``atml.export``, ``atml.dashboard``).
+submodules (``atml.search``, ``atml.search.worker``, ``atml.onnx.export``, ``atml.dashboard``).
 """
 
 from __future__ import annotations

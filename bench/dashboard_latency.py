@@ -125,7 +125,7 @@ def build_study(url: str, n_trials: int, seed: int = 0) -> float:
     """Create study ``bench10k`` with ``n_trials`` trials unless it already has them; returns seconds."""
     from optuna.storages._rdb import models as m
 
-    from atml.space import load_space
+    from atml.config import load_space
     from atml.storage import SPACE_ATTR, open_storage
 
     t = time.perf_counter()

@@ -26,8 +26,8 @@ from pathlib import Path
 import optuna
 
 from atml.data import shared_data_dir
-from atml.export import export_trial
-from atml.onnx_eval import evaluate_model
+from atml.onnx.evaluate import evaluate_model
+from atml.onnx.export import export_trial
 from atml.storage import open_storage
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "iesd2024"

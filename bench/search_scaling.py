@@ -42,8 +42,8 @@ def write_space(trials: int, tmp: Path) -> Path:
 
 
 def warm_cache(space_path: Path, tmp: Path) -> None:
-    from atml.search import check_data
-    from atml.space import load_space
+    from atml.config import load_space
+    from atml.search.coordinator import check_data
 
     check_data(load_space(space_path), None, str(tmp))
 

@@ -64,11 +64,11 @@ def _configuration(args: argparse.Namespace, space: Any) -> tuple[dict[str, Any]
 def _fold_job(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from atml.config import trial_seed
     from atml.data import load_dataset
     from atml.models import build_model
-    from atml.objective import data_spec
-    from atml.samplers import _trial_seed
     from atml.train import TrainConfig, fit, predict_proba
+    from atml.trial import data_spec
 
     torch.set_num_threads(job["threads"])
     spec = data_spec(job["data"])
@@ -84,7 +84,7 @@ def _fold_job(job: dict[str, Any]) -> dict[str, Any]:
     # What fit() calls validation (plateau schedule, its own bookkeeping) is a slice of the
     # training subjects here: the held-out fold must not steer anything.
     inner = torch.arange(0, len(tr), 10)
-    seed = _trial_seed(job["seed"], job["fold"])
+    seed = trial_seed(job["seed"], job["fold"])
     torch.manual_seed(seed)
     model = build_model(job["family"], in_channels=ds.n_leads, n_classes=len(ds.classes), **job["hparams"])
     cfg = TrainConfig.from_params(job["train"], epochs=job["epochs"], seed=seed, keep="last",
@@ -121,11 +121,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
+    from atml.config import load_space
     from atml.data import load_dataset
     from atml.errors import AtmlError
     from atml.metrics import binary_metrics
-    from atml.objective import data_spec
-    from atml.space import load_space
+    from atml.trial import data_spec
 
     try:
         space = load_space(args.space)

@@ -25,11 +25,11 @@ import numpy as np
 import optuna
 import torch
 
+from atml.config import space_from_dict
 from atml.data import DataSpec, load_dataset, shared_data_dir
 from atml.models import build_model
-from atml.objective import Objective, prepare_data
-from atml.space import space_from_dict
 from atml.train import TrainConfig, fit
+from atml.trial import Objective, prepare_data
 
 
 def plain_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int) -> float:
@@ -118,7 +118,7 @@ def main() -> None:
            "train": {"epochs": args.epochs, "batch_size": 32, "patience": 99},
            "model": {"families": {"afnet": {}}}}
     space = space_from_dict(raw)
-    from atml.objective import data_spec
+    from atml.trial import data_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -121,13 +121,13 @@ def test_environment_names_agree_with_the_cli(services):
         assert env["ATML_ARTIFACTS"] == "/artifacts"
         for var in env:
             if var.startswith("ATML_"):
-                if var == "ATML_DASHBOARD_TOKEN" and importlib.util.find_spec("atml.cli_dashboard") is None:
+                if var == "ATML_DASHBOARD_TOKEN" and importlib.util.find_spec("atml.cli.dashboard") is None:
                     continue
                 assert var in known, f"{name}: {var} is read by no atml command"
 
 
 def _has_command(name: str) -> bool:
-    return name != "dashboard" or importlib.util.find_spec("atml.cli_dashboard") is not None
+    return name != "dashboard" or importlib.util.find_spec("atml.cli.dashboard") is not None
 
 
 @pytest.mark.parametrize("name", ATML_SERVICES)
@@ -151,7 +151,7 @@ def test_command_parses_with_the_service_environment(services, name, monkeypatch
     env = _env_of(svc)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    from atml.cli import _parser
+    from atml.cli.main import _parser
 
     args = _parser().parse_args(_argv(svc))  # defaults are read from the environment now
     assert args.storage == env["ATML_STORAGE"], "storage comes from ATML_STORAGE"

@@ -85,8 +85,8 @@ def _space(tmp_path: Path, name: str, n_trials: int, epochs: int, **train: objec
 
 def _create_study(space_path: Path, url: str) -> None:
     """Create the study exactly as `atml search` does before it starts workers."""
-    from atml.search import _create_or_resume
-    from atml.space import load_space
+    from atml.config import load_space
+    from atml.search.coordinator import _create_or_resume
 
     _create_or_resume(load_space(str(space_path)), url)
 

@@ -22,11 +22,11 @@ from _helpers import small_space
 from atml.cli import main
 from atml.data import DataSpec, load_dataset
 from atml.errors import ExportError
-from atml.export import export_onnx, export_trial, onnx_size_kb, write_files
 from atml.models import build_model
-from atml.objective import load_checkpoint
-from atml.onnx_eval import ort_session, sidecar_path
+from atml.onnx.evaluate import ort_session, sidecar_path
+from atml.onnx.export import export_onnx, export_trial, onnx_size_kb, write_files
 from atml.storage import open_storage
+from atml.trial import load_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,11 @@ import pytest
 from _helpers import small_space
 
 from atml import gate as g
+from atml.config import GateSettings, Param, space_from_dict
 from atml.data import DataSpec
-from atml.objective import Objective, prepare_data
-from atml.samplers import make_pruner
-from atml.space import GateSettings, Param, space_from_dict
+from atml.search.strategy import make_pruner
 from atml.storage import open_storage
+from atml.trial import Objective, prepare_data
 
 GOOD, BAD, NEAR_BAD = 4e-3, 1e-7, 1.1e-7
 
@@ -82,7 +82,7 @@ def test_folders_avoid_list_and_skip(synthetic, tmp_path):
     assert near.user_attrs["avoided_by"] == 2 and near.user_attrs["reason"].startswith("avoided")
     assert (near.datetime_complete - near.datetime_start).total_seconds() < 1.0
     # the search's progress counts what the budget counts: the skipped point apart
-    from atml.search import _poll
+    from atml.search.coordinator import _poll
 
     state = _poll(study, [])
     assert state["skipped"] == 1 and state["used"] == len(trials) - 1
@@ -152,8 +152,8 @@ def _run(cmd, **kw):
 
 @pytest.mark.slow
 def test_two_worker_processes_share_the_avoid_list(tmp_path, write_space, atml_cmd):
-    from atml.search import _create_or_resume
-    from atml.space import load_space
+    from atml.config import load_space
+    from atml.search.coordinator import _create_or_resume
 
     p = write_space(gate_space("shared", n_trials=1, **{"pass": 0.99, "avoid_below": 0.99}))
     url = f"sqlite:///{tmp_path}/s.db"

@@ -226,7 +226,7 @@ def test_over_budget_trial_is_one_warning_line_not_a_traceback():
     import io
     import logging
 
-    from atml.worker import OverBudget
+    from atml.search.worker import OverBudget
 
     buf = io.StringIO()
     handler = logging.StreamHandler(buf)
@@ -248,8 +248,8 @@ def test_over_budget_trial_is_one_warning_line_not_a_traceback():
 def test_summary_lists_trials_skipped_before_training_apart(capsys):
     """A size cap rejects points before training; they are PRUNED for the sampler but not
     budget, so the summary (like the progress bar) shows them apart from pruned trials."""
-    from atml.cli import _print_summary
-    from atml.search import SearchResult
+    from atml.cli.main import _print_summary
+    from atml.search.coordinator import SearchResult
 
     res = SearchResult(study="s", storage="sqlite:///x.db", artifacts="studies", counts={"COMPLETE": 4, "PRUNED": 5},
                        best=None, split={}, data_source="", stop_reason="n_trials reached (6)", wall_seconds=3.0,

@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
+from atml.config import space_from_dict
 from atml.errors import SpaceError
-from atml.objective import DataVariants
-from atml.space import space_from_dict
 from atml.storage import open_storage
+from atml.trial import DataVariants
 
 CPSC_DATA = {
     "format": "wfdb_rhythm", "positive": ["AFIB"], "classes": ["non-AFIB", "AFIB"],
@@ -149,8 +149,8 @@ def test_search_trains_each_trial_on_its_own_preprocessing(shared_data, tmp_path
 
 
 def test_summary_names_each_variants_shape(capsys):
-    from atml.cli import _print_summary
-    from atml.search import SearchResult
+    from atml.cli.main import _print_summary
+    from atml.search.coordinator import SearchResult
 
     split = {"source": "train.npz", "shape": [1, 625], "skipped": 0,
              "variants": [{"target_fs": 125, "shape": [1, 625], "segments": 9},

@@ -8,12 +8,13 @@ import optuna
 import pytest
 from _helpers import small_space
 
+from atml.config import load_space, space_from_dict
 from atml.data import DataSpec
-from atml.objective import Objective, _median_rule, prepare_data
-from atml.results import best_trial, feasible
-from atml.samplers import make_pruner, make_sampler
-from atml.space import load_space, space_from_dict
+from atml.records import best_trial, feasible
+from atml.search.strategy import make_pruner, make_sampler
 from atml.storage import open_storage
+from atml.trial import Objective, prepare_data
+from atml.trial.objective import _median_rule
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import pytest
 from _helpers import small_space
 
 from atml.cli import main
+from atml.config import load_space, space_from_dict
 from atml.errors import SpaceError
-from atml.space import load_space, space_from_dict
 
 
 def test_shipped_afib_space_loads_and_suggests_conditionally(tmp_path):

@@ -9,12 +9,12 @@ import pytest
 import torch
 from _helpers import small_space
 
+from atml.config import space_from_dict
 from atml.data import DataSpec
 from atml.models import build_model, family_names
-from atml.objective import Objective, load_checkpoint, prepare_data
-from atml.samplers import make_pruner
-from atml.space import space_from_dict
+from atml.search.strategy import make_pruner
 from atml.train import TrainConfig, evaluate, fit
+from atml.trial import Objective, load_checkpoint, prepare_data
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from optuna.trial import TrialState
 
 from atml import __version__
+from atml.config import encode_choices
 from atml.dashboard import figures, serializers
 from atml.dashboard.reader import Snapshot, StudyNotFound, StudyReader, StudyRef
 from atml.dashboard.schemas import (
@@ -42,7 +43,6 @@ from atml.dashboard.schemas import (
     TrialPlot,
     TrialStateName,
 )
-from atml.space import encode_choices
 
 __all__ = ["Context", "router", "STOPPED_FROM_DASHBOARD"]
 
@@ -299,7 +299,7 @@ def _known_params(snap: Snapshot) -> dict[str, Any]:
     """name -> (kind, low, high, choices, family) from the stored space, else from the trials.
 
     The stored space was validated when the study was created, so it is read as plain data
-    here: ``atml.space.space_from_dict`` would import torch to check the model families.
+    here: ``atml.config.space_from_dict`` would import torch to check the model families.
     """
     out: dict[str, Any] = {}
     stored = serializers._attr_json(snap.ref.user_attrs.get(serializers.SPACE_ATTR))

@@ -88,7 +88,7 @@ def test_dashboard_never_imports_torch(sqlite_url, tmp_path):
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
         from atml.dashboard import create_app
-        import atml.cli_dashboard, atml.plots
+        import atml.cli.dashboard, atml.plots
         c = TestClient(create_app({sqlite_url!r}, token="t"))
         h = {{"Authorization": "Bearer t"}}
         urls = ["/", "/studies/nt", "/studies/nt/trials/0", "/api/studies", "/api/studies/nt/summary",

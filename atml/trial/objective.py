@@ -18,11 +18,10 @@ import optuna.artifacts
 import torch
 
 from atml import gate as g
+from atml.config import SearchSpace, trial_seed
 from atml.data import DataSpec, load_dataset, spec_from_section
-from atml.export import export_onnx, onnx_size_kb
 from atml.models import build_model, count_parameters
-from atml.samplers import _trial_seed
-from atml.space import SearchSpace
+from atml.onnx.export import export_onnx, onnx_size_kb
 from atml.storage import worker_id
 from atml.train import TrainConfig, fit
 
@@ -175,7 +174,7 @@ class Objective:
         if hit is not None:
             trial.set_user_attr("avoided_by", hit.trial)
             self._skip(trial, f"avoided: inside the neighbourhood of trial {hit.trial} ({hit.reason})")
-        seed = _trial_seed(self.space.study.seed, trial.number)
+        seed = trial_seed(self.space.study.seed, trial.number)
         torch.manual_seed(seed)
         fam, hp = params["model"]["family"], params["model"]["hparams"]
         d = self.data.get(params["data"]) if isinstance(self.data, DataVariants) else self.data

@@ -45,8 +45,8 @@ def add_commands(sub: Any, storage_arg: Callable[[argparse.ArgumentParser], None
 def _study(args: argparse.Namespace) -> tuple[Any, Any]:
     import optuna
 
+    from atml.search.worker import load_study_space
     from atml.storage import open_storage
-    from atml.worker import load_study_space
 
     storage = open_storage(args.storage)
     space = load_study_space(storage, args.study)
@@ -90,7 +90,7 @@ def _avoid(args: argparse.Namespace) -> int:
 
 def _gate(args: argparse.Namespace) -> int:
     from atml import gate as g
-    from atml.search import default_artifacts
+    from atml.search.coordinator import default_artifacts
 
     study, _ = _study(args)
     recs = g.gate_records(study.user_attrs)

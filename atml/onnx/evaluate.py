@@ -1,7 +1,7 @@
 """Run an exported ONNX model with onnxruntime: sessions, metrics, latency, ``atml evaluate``.
 
 ``atml evaluate`` is ATML's official test: an ONNX file and its JSON sidecar (written by
-:mod:`atml.export`) are all it needs. The sidecar supplies what the model cannot carry:
+:mod:`atml.onnx.export`) are all it needs. The sidecar supplies what the model cannot carry:
 segment length, sampling rate, normalisation and how text labels map to its classes.
 No torch here: evaluation runs where only onnxruntime is installed.
 """

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from atml.config import trial_seed
 from atml.errors import ExportError
 from atml.models import build_model
 from atml.models.ensemble import MeanLogits
-from atml.samplers import _trial_seed
 from atml.train import TrainConfig, fit
 
 __all__ = ["FinalFit", "final_model"]
@@ -49,7 +49,7 @@ class FinalFit:
 
 
 def _member_seed(base: int, i: int) -> int:
-    return base if i == 0 else _trial_seed(base, i)
+    return base if i == 0 else trial_seed(base, i)
 
 
 def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np.ndarray, y: np.ndarray,
@@ -58,7 +58,7 @@ def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np
     """The trial's checkpoint, or its configuration retrained (``refit``) and/or ensembled.
 
     ``x``/``y`` are the study's (cached) arrays, ``train_idx``/``val_idx`` its subject split;
-    ``ref`` is the :class:`atml.export.TrialRef` (study settings, trial number and attributes);
+    ``ref`` is the :class:`atml.onnx.export.TrialRef` (study settings, trial number and attributes);
     ``members`` >= 1 (``export_trial`` checks it before loading anything).
     """
     if not refit and members == 1:
@@ -68,7 +68,7 @@ def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np
     if not isinstance(train_cfg, dict):
         raise ExportError(f"checkpoint of trial #{ref.number} has no training settings to retrain from")
     st = ref.settings
-    base_seed = _trial_seed(st.seed, ref.number)
+    base_seed = trial_seed(st.seed, ref.number)
     task = str(ck.get("task", "binary"))
     ytype = np.float32 if task == "multilabel" else np.int64
 

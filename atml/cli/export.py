@@ -65,7 +65,7 @@ def _metric_line(m: dict[str, Any] | None) -> str:
 
 def _export(args: argparse.Namespace) -> int:
     from atml.errors import ExportError
-    from atml.export import export_trial, sidecar_path
+    from atml.onnx.export import export_trial, sidecar_path
 
     if args.trial is not None and args.trial < 0:
         raise ExportError(f"--trial must be >= 0 (got {args.trial})")
@@ -107,7 +107,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from atml.errors import ExportError
-    from atml.onnx_eval import evaluate_model
+    from atml.onnx.evaluate import evaluate_model
 
     if args.runs < 1:
         raise ExportError(f"--runs must be >= 1 (got {args.runs})")

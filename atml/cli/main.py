@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 # Commands defined in their own light modules; each exposes
 # ``add_commands(subparsers, storage_arg) -> {name: handler(args) -> int}`` and imports
 # its heavy dependencies inside the handlers, so ``atml --help`` stays fast.
-_PLUGIN_MODULES = ("atml.cli_export", "atml.cli_dashboard", "atml.cli_gate", "atml.cli_storage")
+_PLUGIN_MODULES = ("atml.cli.export", "atml.cli.dashboard", "atml.cli.gate", "atml.cli.storage")
 _HANDLERS: dict[str, Any] = {}
 
 
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from atml.search import SearchOptions, run_search
+    from atml.search.coordinator import SearchOptions, run_search
 
     res = run_search(SearchOptions(
         space_path=args.space, storage=args.storage, workers=args.workers, threads=args.threads,
@@ -225,8 +225,8 @@ def _print_summary(res: Any) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from atml.search import default_artifacts
-    from atml.worker import WorkerOptions, run_worker
+    from atml.search.coordinator import default_artifacts
+    from atml.search.worker import WorkerOptions, run_worker
 
     n = run_worker(WorkerOptions(
         storage=args.storage, study=args.study, data_path=args.data,
@@ -234,7 +234,7 @@ def _worker(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat, grace_period=args.grace, max_retry=args.retries,
         artifact_store=args.artifact_store,
     ))
-    logging.getLogger("atml.worker").info("worker ran %d trials", n)
+    logging.getLogger("atml.search.worker").info("worker ran %d trials", n)
     return 0
 
 
@@ -243,7 +243,7 @@ def _standby() -> int:
     import everything a trial needs, then wait for one JSON line on stdin naming the
     worker's arguments and its log file. End of input (the search failed or was
     stopped first) exits without touching the storage."""
-    from atml.worker import preload
+    from atml.search.worker import preload
 
     preload()
     line = sys.stdin.readline()

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from atml.space import GateSettings, Param
+from atml.config import GateSettings, Param
 
 __all__ = [
     "AvoidEntry",

@@ -51,7 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///studies/atml.db"
-SPACE_ATTR = "atml.space"  # JSON of the validated space, stored once at creation
+SPACE_ATTR = "atml.config"  # JSON of the validated space, stored once at creation
 # How long a worker rides out a storage outage before it gives up (a DB restart takes
 # seconds; a failover or maintenance window a few minutes).
 RETRY_WAIT = 300.0
@@ -563,7 +563,7 @@ def list_studies(storage: Any) -> list[StudySummary]:
         counts = {st.name: 0 for st in optuna.trial.TrialState}
         for t in trials:
             counts[t.state.name] += 1
-        from atml.results import best_trial as pick_best
+        from atml.records import best_trial as pick_best
 
         best_value = best_trial = None
         bt = pick_best(optuna.load_study(study_name=s.study_name, storage=storage), trials)

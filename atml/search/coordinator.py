@@ -23,12 +23,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from atml.config import SearchSpace, load_space
 from atml.errors import DataError, SpaceError
-from atml.objective import data_spec, was_skipped
-from atml.results import best_trial
-from atml.space import SearchSpace, load_space
+from atml.records import best_trial
+from atml.search.worker import COUNTED, DEADLINE_ATTR, STOP_ATTR
 from atml.storage import RETRY_WAIT, SPACE_ATTR, default_artifacts, open_storage
-from atml.worker import COUNTED, DEADLINE_ATTR, STOP_ATTR
+from atml.trial import data_spec, was_skipped
 
 __all__ = ["SearchOptions", "SearchResult", "run_search", "default_artifacts", "check_data"]
 
@@ -101,7 +101,7 @@ def check_data(space: SearchSpace, data_path: str | None, artifacts: str) -> dic
 def _with_overrides(space: SearchSpace, opts: SearchOptions) -> SearchSpace:
     import dataclasses
 
-    from atml.space import Budget
+    from atml.config import Budget
 
     budget = Budget(
         n_trials=opts.n_trials if opts.n_trials is not None else space.budget.n_trials,

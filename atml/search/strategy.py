@@ -9,7 +9,6 @@ with several, model-based samplers also depend on which trials had finished.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,14 +17,9 @@ from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
-from atml.space import StudySettings, sampler_class
+from atml.config import StudySettings, sampler_class, trial_seed
 
 __all__ = ["make_sampler", "make_pruner", "PerTrialSeedSampler"]
-
-
-def _trial_seed(seed: int, number: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{number}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 class PerTrialSeedSampler(BaseSampler):
@@ -39,7 +33,7 @@ class PerTrialSeedSampler(BaseSampler):
     def _for(self, trial: FrozenTrial) -> BaseSampler:
         s = self._inner.get(trial.number)
         if s is None:
-            s = self._factory(_trial_seed(self._seed, trial.number))
+            s = self._factory(trial_seed(self._seed, trial.number))
             self._inner[trial.number] = s
         return s
 

@@ -10,9 +10,9 @@ against torch on real validation segments (and the int8 model was built and scor
 all files then go to temporary names and are renamed into place, so a failed export
 leaves no half-written ``.onnx`` behind.
 
-Layering: :mod:`atml.objective` imports this module (for ``onnx_size_kb``), so the
+Layering: :mod:`atml.trial` imports this module (for ``onnx_size_kb``), so the
 objective's helpers are imported inside :func:`export_trial`, and the study lookup uses
-:mod:`atml.storage` / :mod:`atml.space` directly rather than the higher :mod:`atml.worker`.
+:mod:`atml.storage` / :mod:`atml.config` directly rather than the higher :mod:`atml.search.worker`.
 onnx and onnxruntime are imported only where used, so sizing a trial loads neither.
 """
 
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from atml import __version__
+from atml.config import space_from_dict
 from atml.errors import DataError, ExportError, StorageError
 from atml.metrics import METRIC_NAMES
-from atml.onnx_eval import json_ready, onnx_metrics, ort_session, run_onnx, sidecar_path
-from atml.space import space_from_dict
+from atml.onnx.evaluate import json_ready, onnx_metrics, ort_session, run_onnx, sidecar_path
 from atml.storage import SPACE_ATTR, default_artifacts, open_storage, study_names
 
 __all__ = [
@@ -267,7 +267,7 @@ def locate_trial(storage_url: str, study: str, number: int | None = None,
     st = optuna.load_study(study_name=study, storage=storage)
     trials = st.get_trials(deepcopy=False)
     if number is None:
-        from atml.results import best_trial
+        from atml.records import best_trial
 
         t = best_trial(st, trials)
         if t is None:
@@ -318,7 +318,7 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
     """Export a trial's checkpoint (default: the best trial) to a verified ONNX file.
 
     ``refit`` retrains the trial's configuration on training + validation subjects and
-    ``ensemble`` > 1 exports K seeds' members averaged as one model (:mod:`atml.refit`).
+    ``ensemble`` > 1 exports K seeds' members averaged as one model (:mod:`atml.onnx.refit`).
 
     Checks ``onnx.checker`` and parity (max |logit difference| < 1e-4) against torch on up
     to ``parity_segments`` validation segments of the study's own subject split, scores the
@@ -326,8 +326,8 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
     writes each model with a ``.json`` sidecar. Raises AtmlError subclasses on bad input.
     """
     from atml.data import load_dataset
-    from atml.objective import data_spec, load_checkpoint  # here: objective imports this module
-    from atml.refit import final_model
+    from atml.onnx.refit import final_model
+    from atml.trial import data_spec, load_checkpoint  # here: objective imports this module
 
     t0 = time.perf_counter()
     if ensemble < 1:

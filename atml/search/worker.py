@@ -22,13 +22,13 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from atml.config import SearchSpace, space_from_dict
 from atml.errors import StorageError
 from atml.gate import STOP_ATTR, AvoidEntry, add_avoid, clean_partial
-from atml.objective import DataVariants, Objective, data_spec, prepare_data, was_skipped
-from atml.samplers import make_pruner, make_sampler
-from atml.space import SearchSpace, space_from_dict
+from atml.search.strategy import make_pruner, make_sampler
 from atml.storage import SPACE_ATTR, Backoff, is_transient, open_storage, retrying, study_names, worker_id
 from atml.train import Interrupted
+from atml.trial import DataVariants, Objective, data_spec, prepare_data, was_skipped
 
 __all__ = ["WorkerOptions", "run_worker", "load_study_space", "budget_left", "preload", "STOP_ATTR", "DEADLINE_ATTR",
            "COUNTED"]

@@ -1,0 +1,1 @@
+"""Search: samplers and pruners (:mod:`.strategy`), the coordinator (:mod:`.coordinator`), the worker (:mod:`.worker`)."""
