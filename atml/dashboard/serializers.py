@@ -25,7 +25,7 @@ __all__ = [
     "gate_folders", "avoid_entries", "notes", "SORT_KEYS",
 ]
 
-SPACE_ATTR = "atml.config"
+SPACE_ATTR = "atml.space"
 STOP_ATTR = "atml.stop_reason"
 DEADLINE_ATTR = "atml.deadline"
 AVOID_PREFIX = "atml.avoid."

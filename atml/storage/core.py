@@ -51,7 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///studies/atml.db"
-SPACE_ATTR = "atml.config"  # JSON of the validated space, stored once at creation
+SPACE_ATTR = "atml.space"  # JSON of the validated space, stored once at creation
 # How long a worker rides out a storage outage before it gives up (a DB restart takes
 # seconds; a failover or maintenance window a few minutes).
 RETRY_WAIT = 300.0

@@ -121,7 +121,7 @@ def make_study(url: str, name: str, *, n: int = 6, directions: tuple[str, ...] =
     study = optuna.create_study(storage=storage, study_name=name, directions=list(directions))
     if space:
         raw = small_space(name, n_trials=n + running)
-        study.set_user_attr("atml.config", json.dumps({"source": "space.yaml", "raw": raw}))
+        study.set_user_attr("atml.space", json.dumps({"source": "space.yaml", "raw": raw}))
         study.set_user_attr("atml.metric", "f1")
     dists = {"train.lr": FloatDistribution(1e-3, 5e-3, log=True),
              "model.family": CategoricalDistribution(["afnet", "sepnet"]),

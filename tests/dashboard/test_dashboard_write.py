@@ -138,10 +138,10 @@ def test_clear_avoid(writer, sqlite_url):
 
 def test_enqueue_searched_preprocessing(writer, sqlite_url):
     study = make_study(sqlite_url, "pre", n=2)
-    raw = json.loads(study.user_attrs["atml.config"])["raw"]
+    raw = json.loads(study.user_attrs["atml.space"])["raw"]
     raw["data"]["bandpass"] = {"type": "categorical", "choices": [None, [0.5, 40.0]]}
     raw["data"]["window"] = {"type": "categorical", "choices": [2.5, 5.0]}
-    study.set_user_attr("atml.config", json.dumps({"source": "space.yaml", "raw": raw}))
+    study.set_user_attr("atml.space", json.dumps({"source": "space.yaml", "raw": raw}))
     writer.app.state.ctx.reader.invalidate("pre")
     # list choices are stored in the study as JSON text, so that is what a queued trial names
     r = writer.post("/api/studies/pre/enqueue", json={"params": {"data.bandpass": "[0.5, 40.0]", "data.window": 5.0}},
