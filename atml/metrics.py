@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import math
+import re
+from typing import Any
 
 import numpy as np
 
-__all__ = ["binary_metrics", "multiclass_metrics", "multilabel_metrics", "task_metrics", "METRIC_NAMES"]
+__all__ = [
+    "METRIC_NAMES",
+    "binary_metrics",
+    "multiclass_metrics",
+    "multilabel_metrics",
+    "per_subject_metrics",
+    "subject_sort_key",
+    "task_metrics",
+]
 
 METRIC_NAMES = ("f1", "accuracy", "precision", "recall", "auroc")
 
@@ -101,3 +111,28 @@ def task_metrics(task: str, y_true: np.ndarray, proba: np.ndarray, classes: tupl
     if task == "multiclass":
         return multiclass_metrics(y_true, proba, classes)
     return binary_metrics(y_true, proba[:, 1])
+
+
+def subject_sort_key(subject: str) -> tuple[str, int, str]:
+    """Natural order of subject names: "S2" before "S10" (prefix, number, rest)."""
+    m = re.match(r"^(\D*)(\d+)(.*)$", subject)
+    return (m.group(1), int(m.group(2)), m.group(3)) if m else (subject, -1, "")
+
+
+def per_subject_metrics(subject: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> list[dict[str, Any]]:
+    """One row per subject (natural order) of binary predictions: segments, positives,
+    predicted positives, accuracy and F1 of class 1.
+
+    F1 is None for a subject without positive segments: it would mean nothing there.
+    """
+    rows = []
+    for s in sorted(set(subject.tolist()), key=subject_sort_key):
+        k = subject == s
+        yt, yp = y_true[k], y_pred[k]
+        tp = int(((yt == 1) & (yp == 1)).sum())
+        fp = int(((yt == 0) & (yp == 1)).sum())
+        fn = int(((yt == 1) & (yp == 0)).sum())
+        f1 = 2 * tp / (2 * tp + fp + fn) if yt.sum() else None
+        rows.append({"subject": s, "segments": int(k.sum()), "positives": int(yt.sum()),
+                     "predicted_positive": int(yp.sum()), "accuracy": float((yt == yp).mean()), "f1": f1})
+    return rows

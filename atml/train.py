@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from atml.config import TrainConfig  # re-exported: atml.train.TrainConfig keeps working
 from atml.metrics import task_metrics
 
 __all__ = ["TrainConfig", "TrainResult", "Interrupted", "fit", "predict_proba", "evaluate"]
@@ -29,36 +30,6 @@ log = logging.getLogger(__name__)
 
 class Interrupted(Exception):
     """Raised inside the training loop when the worker was asked to stop (Ctrl-C, SIGTERM)."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1.5e-3
-    weight_decay: float = 1e-3
-    optimizer: str = "adamw"
-    momentum: float = 0.9
-    class_weighted: bool = False
-    label_smoothing: float = 0.0
-    patience: int = 5
-    gap: float = 0.0
-    lr_factor: float = 0.5
-    lr_patience: int = 2
-    min_epochs: int = 1
-    augment: float = 0.0
-    stretch: float = 0.0  # time-scale augmentation: each batch is resampled by a factor in [1/(1+s), 1+s]
-    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); the average is scored and kept
-    keep: str = "best"  # best: the best validation epoch's weights; last: the final epoch's (fixed-length refits)
-    seed: int = 0
-    metric: str = "f1"
-    direction: str = "maximize"
-    task: str = "binary"  # binary | multiclass (softmax, cross-entropy) | multilabel (sigmoid, BCE)
-
-    @classmethod
-    def from_params(cls, train: dict[str, Any], **extra: Any) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in {**train, **extra}.items() if k in known})
 
 
 @dataclass

@@ -125,8 +125,10 @@ def build_study(url: str, n_trials: int, seed: int = 0) -> float:
     """Create study ``bench10k`` with ``n_trials`` trials unless it already has them; returns seconds."""
     from optuna.storages._rdb import models as m
 
+    from atml import records
     from atml.config import load_space
-    from atml.storage import SPACE_ATTR, open_storage
+    from atml.storage import open_storage
+    from atml.storage.optuna_internals import study_id
 
     t = time.perf_counter()
     _ensure_database(url)
@@ -144,11 +146,11 @@ def build_study(url: str, n_trials: int, seed: int = 0) -> float:
         optuna.delete_study(study_name=STUDY, storage=storage)
     space = load_space(ROOT / "search_spaces" / "afib.yaml")
     study = optuna.create_study(storage=storage, study_name=STUDY, direction="maximize")
-    study.set_user_attr(SPACE_ATTR, json.dumps({"source": "afib.yaml", "raw": space.raw}, sort_keys=True))
+    study.set_user_attr(records.SPACE, json.dumps({"source": "afib.yaml", "raw": space.raw}, sort_keys=True))
     study.set_user_attr("atml.metric", "f1")
     study.set_user_attr("atml.stop_reason", f"n_trials reached ({n_trials})")
     study.set_user_attr("atml.deadline", None)
-    sid = study._study_id
+    sid = study_id(study)
     rng = random.Random(seed)
     t0 = dt.datetime(2026, 1, 1)
     fakes = [_fake_trial(rng, i, t0) for i in range(n_trials)]

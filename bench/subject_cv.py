@@ -130,7 +130,7 @@ def main() -> None:
     try:
         space = load_space(args.space)
         flat, trial_epochs = _configuration(args, space)
-        params = space.params_from_flat(flat)
+        params = space.params_from_flat(flat).as_dict()
     except KeyError as e:
         print(f"subject_cv: the configuration lacks {e.args[0]} (give it with --set or --trial)", file=sys.stderr)
         raise SystemExit(2) from None

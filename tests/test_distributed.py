@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 
 from atml.errors import StorageError
 from atml.storage import Backoff, is_transient, open_storage, retrying
+from atml.storage.optuna_internals import trial_id as storage_trial_id
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PG_CLUSTER = "15"  # `pg_lsclusters`: 15 main
@@ -86,9 +87,9 @@ def _space(tmp_path: Path, name: str, n_trials: int, epochs: int, **train: objec
 def _create_study(space_path: Path, url: str) -> None:
     """Create the study exactly as `atml search` does before it starts workers."""
     from atml.config import load_space
-    from atml.search.coordinator import _create_or_resume
+    from atml.search.coordinator import create_or_resume
 
-    _create_or_resume(load_space(str(space_path)), url)
+    create_or_resume(load_space(str(space_path)), url)
 
 
 def _start_workers(n: int, url: str, study: str, tmp_path: Path, *extra: str) -> list[tuple[subprocess.Popen, Path]]:
@@ -237,7 +238,7 @@ def test_pool_survives_killed_connections_and_names_the_worker(pg_db, caplog):
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     # A heartbeat that cannot be written is logged, never raised (Optuna's thread would die).
-    trial_id = study.trials[0]._trial_id
+    trial_id = storage_trial_id(study.trials[0])
     with psycopg.connect(PG_ADMIN, autocommit=True) as con:
         con.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
         con.execute(f'CREATE DATABASE "{db}"')  # the fixture drops it again

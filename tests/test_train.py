@@ -1,10 +1,9 @@
-"""Training loop, early stopping, pruning and checkpoints, on real ECG segments."""
+"""The training loop (atml.train): every family, early stopping, kept weights, augmentation, EMA; real ECG segments."""
 
 from __future__ import annotations
 
 import math
 
-import optuna
 import pytest
 import torch
 from _helpers import small_space
@@ -12,9 +11,8 @@ from _helpers import small_space
 from atml.config import space_from_dict
 from atml.data import DataSpec
 from atml.models import build_model, family_names
-from atml.search.strategy import make_pruner
 from atml.train import TrainConfig, evaluate, fit
-from atml.trial import Objective, load_checkpoint, prepare_data
+from atml.trial import prepare_data
 
 
 @pytest.fixture(scope="module")
@@ -72,41 +70,6 @@ def test_best_epoch_weights_are_kept(synthetic):
     again = evaluate(fresh, d.x_val, d.y_val)
     assert again["f1"] == pytest.approx(res.metrics["f1"])
     assert res.metrics["f1"] == max(h["f1"] for h in res.history)
-
-
-def test_objective_stores_metrics_checkpoint_and_pruner_prunes(synthetic, tmp_path):
-    raw = small_space("prune", n_trials=3, epochs=3)
-    raw["study"]["pruner"] = {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}
-    raw["model"] = {"families": {"afnet": {"width": 8, "depth": 2}}}
-    raw["train"]["lr"] = {"type": "float", "low": 1e-7, "high": 5e-3, "log": True}
-    raw["train"]["optimizer"] = "adamw"
-    space = space_from_dict(raw)
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(space.study, 3))
-    study.enqueue_trial({"train.lr": 5e-3})
-    study.enqueue_trial({"train.lr": 1e-7})
-    objective = Objective(space, synthetic, tmp_path)
-    study.optimize(objective, n_trials=2)
-    good, bad = study.trials
-    assert good.state == optuna.trial.TrialState.COMPLETE
-    assert good.value == pytest.approx(good.user_attrs["metrics"]["f1"])
-    assert set(good.intermediate_values) == {0, 1, 2}
-    model, ck = load_checkpoint(tmp_path / "prune" / good.user_attrs["checkpoint"])
-    assert ck["family"] == "afnet" and ck["trial"] == good.number
-    again = evaluate(model, synthetic.x_val, synthetic.y_val)
-    assert again["f1"] == pytest.approx(good.user_attrs["metrics"]["f1"])
-    assert bad.state == optuna.trial.TrialState.PRUNED
-    assert "pruned by median at epoch 0" in bad.user_attrs["reason"]
-    assert list(bad.intermediate_values) == [0]
-
-
-@pytest.mark.parametrize("kind,cls", [("median", optuna.pruners.MedianPruner),
-                                      ("asha", optuna.pruners.SuccessiveHalvingPruner),
-                                      ("hyperband", optuna.pruners.HyperbandPruner),
-                                      ("none", optuna.pruners.NopPruner)])
-def test_pruner_named_in_yaml(kind, cls):
-    raw = small_space()
-    raw["study"]["pruner"] = {"type": kind}
-    assert isinstance(make_pruner(space_from_dict(raw).study, 10), cls)
 
 
 def test_augment_is_seeded_and_off_by_default(synthetic):

@@ -7,35 +7,29 @@ and the other commands do not pay for them.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable
-from typing import Any
 
-__all__ = ["add_commands"]
+from atml.cli.common import Command, add_storage_arg, env
+
+__all__ = ["DASHBOARD"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def add_commands(subparsers: Any, storage_arg: Callable[[argparse.ArgumentParser], None]) -> dict[str, Callable[[argparse.Namespace], int]]:
-    """Register ``dashboard`` on the ``atml`` parser; returns {name: handler}."""
-    p = subparsers.add_parser("dashboard", help="serve the web dashboard over a study storage",
-                              description="Web dashboard: studies, trials, charts, gate folders, avoid list. "
-                                          "Read-only unless a token is given.")
-    storage_arg(p)
-    p.add_argument("--host", default=os.environ.get("ATML_DASHBOARD_HOST", "127.0.0.1"),
+def _arguments(p: argparse.ArgumentParser) -> None:
+    add_storage_arg(p)
+    p.add_argument("--host", default=env("DASHBOARD_HOST", "127.0.0.1"),
                    help="interface to bind (default %(default)s: this machine only; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("ATML_DASHBOARD_PORT", "8080")),
+    p.add_argument("--port", type=int, default=int(env("DASHBOARD_PORT", "8080")),
                    help="port (default %(default)s)")
     p.add_argument("--token", default=None,
                    help="enable the writing endpoints (notes, stop, enqueue, clear avoid list) for requests with "
                         "'Authorization: Bearer TOKEN' (default: env ATML_DASHBOARD_TOKEN; none = read-only)")
-    p.add_argument("--artifacts", default=os.environ.get("ATML_ARTIFACTS"),
+    p.add_argument("--artifacts", default=env("ARTIFACTS"),
                    help="artifact folder with <study>/gate and <study>/trials (default: beside the SQLite file, "
                         "else ./studies)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default %(default)s)")
-    return {"dashboard": _dashboard}
 
 
 def _dashboard(args: argparse.Namespace) -> int:
@@ -43,7 +37,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 
     from atml.dashboard import create_app
 
-    token = args.token if args.token is not None else (os.environ.get("ATML_DASHBOARD_TOKEN") or None)
+    token = args.token if args.token is not None else (env("DASHBOARD_TOKEN") or None)
     # Bound to this machine only: also refuse other Host names, so a web page cannot reach
     # the dashboard by pointing its own domain at 127.0.0.1 (DNS rebinding).
     hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] if args.host in LOOPBACK else None
@@ -57,3 +51,8 @@ def _dashboard(args: argparse.Namespace) -> int:
               file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+DASHBOARD = Command("dashboard", "serve the web dashboard over a study storage", _arguments, _dashboard,
+                    description="Web dashboard: studies, trials, charts, gate folders, avoid list. "
+                                "Read-only unless a token is given.")

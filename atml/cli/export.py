@@ -1,4 +1,4 @@
-"""``atml export`` and ``atml evaluate``: registered into :mod:`atml.cli` via ``add_commands``.
+"""``atml export`` and ``atml evaluate``.
 
 Light on purpose: torch, onnx and onnxruntime are imported inside the handlers so that
 ``atml --help`` stays fast.
@@ -9,25 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-from collections.abc import Callable
 from typing import Any
 
-__all__ = ["add_commands"]
+from atml.cli.common import Command, add_storage_arg, env
+
+__all__ = ["EVALUATE", "EXPORT"]
 
 _METRICS = ("f1", "accuracy", "precision", "recall", "auroc")
 
 
-def add_commands(subparsers: Any, storage_arg: Callable[[argparse.ArgumentParser], None]) -> dict[str, Callable]:
-    """Register ``export`` and ``evaluate``; returns {command: handler(args) -> exit code}."""
-    e = subparsers.add_parser("export", help="export a trial (default: the best) to a verified ONNX file")
-    storage_arg(e)
+def _export_arguments(e: argparse.ArgumentParser) -> None:
+    add_storage_arg(e)
     e.add_argument("--study", required=True, help="study name")
     e.add_argument("--trial", type=int, default=None, help="trial number (default: the study's best trial)")
     e.add_argument("--out", required=True, help="ONNX file to write, e.g. best.onnx (sidecar: <out>.json)")
     e.add_argument("--int8", action="store_true",
                    help="also write <name>.int8.onnx (static QDQ int8, calibrated on training segments)")
-    e.add_argument("--artifacts", default=os.environ.get("ATML_ARTIFACTS"),
+    e.add_argument("--artifacts", default=env("ARTIFACTS"),
                    help="folder holding <study>/trials/ (default: beside the SQLite file, else ./studies)")
     e.add_argument("--data", default=None, help="local copy of the study's data (default: the stored path)")
     e.add_argument("--refit", action="store_true",
@@ -39,7 +37,8 @@ def add_commands(subparsers: Any, storage_arg: Callable[[argparse.ArgumentParser
     e.add_argument("-v", "--verbose", action="store_true")
     e.set_defaults(quiet=True)  # warnings only, so an error stays the one line on stderr
 
-    v = subparsers.add_parser("evaluate", help="score an exported ONNX model on labelled data (the official test)")
+
+def _evaluate_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--model", required=True, help="ONNX file written by atml export (its .json sidecar beside it)")
     v.add_argument("--data", required=True, help="labelled data: folder of IESD .txt segments, .npz, ...")
     v.add_argument("--json", action="store_true", help="print one JSON object")
@@ -50,7 +49,6 @@ def add_commands(subparsers: Any, storage_arg: Callable[[argparse.ArgumentParser
     v.add_argument("--runs", type=int, default=200, help="timed batch-1 runs after 20 warm-up runs (default 200)")
     v.add_argument("-v", "--verbose", action="store_true")
     v.set_defaults(quiet=True)
-    return {"export": _export, "evaluate": _evaluate}
 
 
 def _f(v: Any) -> str:
@@ -65,7 +63,8 @@ def _metric_line(m: dict[str, Any] | None) -> str:
 
 def _export(args: argparse.Namespace) -> int:
     from atml.errors import ExportError
-    from atml.onnx.export import export_trial, sidecar_path
+    from atml.onnx.export import export_trial
+    from atml.onnx.sidecar import sidecar_path
 
     if args.trial is not None and args.trial < 0:
         raise ExportError(f"--trial must be >= 0 (got {args.trial})")
@@ -144,3 +143,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if d["sha256_matches_sidecar"] is False:
         print("  note: the model file differs from the one its sidecar describes (sha256)")
     return 0
+
+
+EXPORT = Command("export", "export a trial (default: the best) to a verified ONNX file", _export_arguments, _export)
+EVALUATE = Command("evaluate", "score an exported ONNX model on labelled data (the official test)",
+                   _evaluate_arguments, _evaluate)

@@ -4,42 +4,41 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_commands"]
+from atml.cli.common import Command, add_storage_arg, env
+
+__all__ = ["AVOID", "GATE"]
 
 
-def add_commands(sub: Any, storage_arg: Callable[[argparse.ArgumentParser], None]) -> dict[str, Any]:
-    a = sub.add_parser("avoid", help="the study's shared avoid list")
+def _avoid_arguments(a: argparse.ArgumentParser) -> None:
     asub = a.add_subparsers(dest="avoid_command", required=True)
     for name, helptext in (("list", "show the entries"), ("clear", "remove every entry"),
                            ("export", "write ATML's avoid.txt (one parameter) or YAML")):
         p = asub.add_parser(name, help=helptext)
-        storage_arg(p)
+        add_storage_arg(p)
         p.add_argument("--study", required=True)
         if name == "list":
             p.add_argument("--json", action="store_true")
         if name == "export":
             p.add_argument("--out", default="-", help="file to write (default: stdout)")
 
-    gp = sub.add_parser("gate", help="gate folders recorded in the study")
+
+def _gate_arguments(gp: argparse.ArgumentParser) -> None:
     gsub = gp.add_subparsers(dest="gate_command", required=True)
     p = gsub.add_parser("list", help="filed folders, best first")
-    storage_arg(p)
+    add_storage_arg(p)
     p.add_argument("--study", required=True)
     p.add_argument("--json", action="store_true")
     p = gsub.add_parser("sync", help="materialise the gate folders on this machine from the artifact store")
-    storage_arg(p)
+    add_storage_arg(p)
     p.add_argument("--study", required=True)
-    p.add_argument("--artifacts", default=os.environ.get("ATML_ARTIFACTS"),
+    p.add_argument("--artifacts", default=env("ARTIFACTS"),
                    help="local artifacts folder (default: beside the SQLite file, else ./studies)")
-    p.add_argument("--artifact-store", default=os.environ.get("ATML_ARTIFACT_STORE"),
+    p.add_argument("--artifact-store", default=env("ARTIFACT_STORE"),
                    help="the store workers uploaded to (default ARTIFACTS/artifact-store)")
-    return {"avoid": _avoid, "gate": _gate}
 
 
 def _study(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -110,3 +109,7 @@ def _gate(args: argparse.Namespace) -> int:
     print(f"gate folders of {args.study} in {artifacts / args.study / 'gate'}: {len(recs)} recorded, "
           f"{len(written)} written, {len(removed)} removed")
     return 0
+
+
+AVOID = Command("avoid", "the study's shared avoid list", _avoid_arguments, _avoid)
+GATE = Command("gate", "gate folders recorded in the study", _gate_arguments, _gate)

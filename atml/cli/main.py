@@ -1,7 +1,9 @@
-"""Command line: ``atml search|worker|studies`` here; ``export|evaluate``, ``dashboard``,
-``avoid|gate`` in their own light modules (``atml.cli_*``).
+"""The ``atml`` command line: the static command table, the parser and the entry points.
 
-User errors (:class:`AtmlError`) become one line on stderr and exit code 2.
+Each command group lives in its own module (:mod:`atml.cli.search`, :mod:`atml.cli.export`,
+:mod:`atml.cli.dashboard`, :mod:`atml.cli.gate`, :mod:`atml.cli.storage`); all of them are
+light, importing torch, optuna or fastapi only inside their handlers, so ``atml --help``
+stays fast. User errors (:class:`AtmlError`) become one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -9,104 +11,39 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from atml import __version__
+from atml.cli import dashboard, export, gate, search, storage
+from atml.cli.common import Command
 from atml.errors import AtmlError
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "EXIT_USAGE", "build_parser", "main", "run"]
 
 EXIT_USAGE = 2
 
-
-def _env(name: str, default: Any = None) -> Any:
-    return os.environ.get(f"ATML_{name}", default)
-
-
-def _storage_arg(p: argparse.ArgumentParser) -> None:
-    from atml.storage import DEFAULT_STORAGE
-
-    p.add_argument("--storage", default=_env("STORAGE", DEFAULT_STORAGE),
-                   help="study storage URL: sqlite:///FILE or postgresql+psycopg://USER@HOST/DB "
-                        "(env ATML_STORAGE; default %(default)s)")
+# The order is the order of `atml --help`.
+COMMANDS: Mapping[str, Command] = {c.name: c for c in (
+    search.SEARCH, search.WORKER, search.STUDIES,
+    export.EXPORT, export.EVALUATE,
+    dashboard.DASHBOARD,
+    gate.AVOID, gate.GATE,
+    storage.STORAGE_PROXY,
+)}
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``atml`` argument parser with every command of :data:`COMMANDS`.
+
+    Option defaults read the ``ATML_*`` environment when the parser is built."""
     ap = argparse.ArgumentParser(prog="atml", description="AutoML search for ECG classifiers.")
     ap.add_argument("--version", action="version", version=f"atml {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("search", help="run a whole search with local worker processes")
-    s.add_argument("--space", required=True, help="search space YAML (e.g. search_spaces/afib.yaml)")
-    _storage_arg(s)
-    s.add_argument("--workers", type=int, default=int(_env("WORKERS", max(1, os.cpu_count() or 1))),
-                   help="local worker processes (env ATML_WORKERS; default: one per core); 0: only check "
-                        "the space and data and create (or resume) the study, for `atml worker`s elsewhere")
-    s.add_argument("--threads", type=int, default=int(_env("THREADS", 1)),
-                   help="torch threads per worker (default %(default)s)")
-    s.add_argument("--data", default=None, help="data path overriding data.path (folder of .txt segments or .npz)")
-    s.add_argument("--artifacts", default=_env("ARTIFACTS"),
-                   help="folder for checkpoints, caches and logs (default: beside the SQLite file, else ./studies)")
-    s.add_argument("--artifact-store", default=_env("ARTIFACT_STORE"),
-                   help="gate folders' artifact store for other machines: path or s3://bucket")
-    s.add_argument("--study", default=None, help="study name overriding study.name")
-    s.add_argument("--n-trials", type=int, default=None, help="budget override (global, all workers)")
-    s.add_argument("--timeout", type=float, default=None, help="budget override in seconds")
-    s.add_argument("--seed", type=int, default=None, help="sampler seed override")
-    s.add_argument("--heartbeat", type=int, default=10, help="workers' heartbeat interval, seconds")
-    s.add_argument("--grace", type=int, default=30,
-                   help="seconds without heartbeat before a worker's trial is failed and retried")
-    s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--json", action="store_true", help="print the summary as JSON")
-    s.add_argument("-v", "--verbose", action="store_true")
-
-    w = sub.add_parser("worker", help="join an existing study and run trials until its budget is spent")
-    _storage_arg(w)
-    w.add_argument("--study", required=True, help="study name")
-    w.add_argument("--data", default=None, help="local copy of the study's data (default: the stored path)")
-    w.add_argument("--artifacts", default=_env("ARTIFACTS"), help="artifact folder (default as for search)")
-    w.add_argument("--threads", type=int, default=int(_env("THREADS", 1)))
-    w.add_argument("--artifact-store", default=_env("ARTIFACT_STORE"),
-                   help="where gate folders are uploaded for other machines: a (shared) path or s3://bucket "
-                        "(env ATML_ARTIFACT_STORE; default ARTIFACTS/artifact-store)")
-    w.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval, seconds")
-    w.add_argument("--grace", type=int, default=30, help="seconds without heartbeat before a trial is failed")
-    w.add_argument("--retries", type=int, default=2, help="retries of a trial whose worker died")
-    w.add_argument("--quiet", action="store_true", help="only warnings")
-    w.add_argument("-v", "--verbose", action="store_true")
-
-    st = sub.add_parser("studies", help="list studies with trial counts and best value")
-    _storage_arg(st)
-    st.add_argument("--json", action="store_true")
-
-    for mod in _command_modules():
-        for name, handler in mod.add_commands(sub, _storage_arg).items():
-            _HANDLERS[name] = handler
+    for command in COMMANDS.values():
+        command.add_parser(sub)
     return ap
-
-
-# Commands defined in their own light modules; each exposes
-# ``add_commands(subparsers, storage_arg) -> {name: handler(args) -> int}`` and imports
-# its heavy dependencies inside the handlers, so ``atml --help`` stays fast.
-_PLUGIN_MODULES = ("atml.cli.export", "atml.cli.dashboard", "atml.cli.gate", "atml.cli.storage")
-_HANDLERS: dict[str, Any] = {}
-
-
-def _command_modules() -> list[Any]:
-    import importlib
-
-    mods = []
-    for name in _PLUGIN_MODULES:
-        try:
-            mods.append(importlib.import_module(name))
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-    return mods
 
 
 def run() -> None:
@@ -131,11 +68,11 @@ def run() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``atml`` console script."""
+    """Entry point of the ``atml`` console script: parse ``argv``, run the command, return its exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv == ["worker", "--standby"]:
         return _standby()
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     level = logging.DEBUG if getattr(args, "verbose", False) else (
         logging.WARNING if getattr(args, "quiet", False) or args.command == "search" else logging.INFO)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -143,8 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING if level >= logging.WARNING else optuna.logging.INFO)
-        handlers = {"search": _search, "worker": _worker, "studies": _studies, **_HANDLERS}
-        return handlers[args.command](args)
+        return COMMANDS[args.command].handler(args)
     except AtmlError as e:
         print(f"atml: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -156,93 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _search(args: argparse.Namespace) -> int:
-    from atml.search.coordinator import SearchOptions, run_search
-
-    res = run_search(SearchOptions(
-        space_path=args.space, storage=args.storage, workers=args.workers, threads=args.threads,
-        data_path=args.data, artifacts=args.artifacts, study=args.study, n_trials=args.n_trials,
-        timeout=args.timeout, seed=args.seed, progress=not args.no_progress, verbose=args.verbose,
-        artifact_store=args.artifact_store, heartbeat_interval=args.heartbeat, grace_period=args.grace,
-    ))
-    if args.json:
-        print(json.dumps(res.__dict__, default=str, indent=2))
-    elif res.workers == 0:
-        done = sum(v for k, v in res.counts.items() if k in ("COMPLETE", "PRUNED")) - res.skipped
-        print(f"study {res.study} ready in {res.storage} ({done} trials finished so far)")
-        from atml.storage import redact
-
-        print(f"  workers join with: atml worker --storage {redact(res.storage)} --study {res.study}")
-    else:
-        _print_summary(res)
-    if res.workers == 0:
-        return 0
-    if res.interrupted:
-        return 130
-    return 0 if res.best is not None else 1
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}"
-    return str(v)
-
-
-def _print_summary(res: Any) -> None:
-    c = dict(res.counts)
-    if res.skipped:  # pruned before training: listed apart, as the budget does not count them
-        c["PRUNED"] -= res.skipped
-        c["SKIPPED (size cap, avoid list)"] = res.skipped
-    print(f"\nstudy {res.study}  ({res.storage})")
-    print("  trials: " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(c.items())) +
-          f"  in {res.wall_seconds:.0f} s" + (f"  [{res.stop_reason}]" if res.stop_reason else ""))
-    sp = res.split
-    variants = sp.get("variants")
-    # A space that searches preprocessing has one shape per variant; the splits are the same.
-    shape = (f"shape {sp.get('shape')}" if not variants else "shapes " + ", ".join(
-        f"{v['shape']} ({' '.join(f'data.{k}={_fmt(x)}' for k, x in v.items() if k not in ('shape', 'segments'))})"
-        for v in variants))
-    print(f"  data: {sp.get('source')}  {shape}  skipped {sp.get('skipped', 0)}")
-    for part in ("train", "val", "test"):
-        info = sp.get(part)
-        if info and info.get("segments"):
-            print(f"    {part:5s} " + ", ".join(f"{k} {_fmt(v)}" for k, v in info.items()))
-    if res.best is None:
-        print("  no trial completed; see the worker logs:", ", ".join(res.worker_logs))
-        return
-    b = res.best
-    size = f", ONNX {b['onnx_kb']:.1f} KB" if b.get("onnx_kb") is not None else ""
-    print(f"  best trial #{b['number']}: value {_fmt(b['value'])}  ({b['n_params']} parameters{size}, "
-          f"best epoch {b['best_epoch']})")
-    if b.get("pareto_size"):
-        print(f"    (several objectives: {b['pareto_size']} trials on the Pareto front; shown: the best by "
-              "the first objective. See the dashboard for the front.)")
-    m = b["metrics"]
-    print("    validation: " + "  ".join(f"{k} {_fmt(m[k])}" for k in ("f1", "accuracy", "precision", "recall", "auroc", "val_loss") if k in m))
-    for k, v in b["params"].items():
-        print(f"    {k} = {_fmt(v)}")
-    print(f"    checkpoint: {b['checkpoint']}")
-
-
-def _worker(args: argparse.Namespace) -> int:
-    from atml.search.coordinator import default_artifacts
-    from atml.search.worker import WorkerOptions, run_worker
-
-    n = run_worker(WorkerOptions(
-        storage=args.storage, study=args.study, data_path=args.data,
-        artifacts=args.artifacts or default_artifacts(args.storage), threads=args.threads,
-        heartbeat_interval=args.heartbeat, grace_period=args.grace, max_retry=args.retries,
-        artifact_store=args.artifact_store,
-    ))
-    logging.getLogger("atml.search.worker").info("worker ran %d trials", n)
-    return 0
-
-
 def _standby() -> int:
     """``atml worker --standby``, started by ``atml search`` before it validates the space:
     import everything a trial needs, then wait for one JSON line on stdin naming the
     worker's arguments and its log file. End of input (the search failed or was
-    stopped first) exits without touching the storage."""
+    stopped first) exits without touching the storage.
+
+    Here rather than in :mod:`atml.cli.search`: it ends by calling :func:`main`."""
     from atml.search.worker import preload
 
     preload()
@@ -257,24 +113,3 @@ def _standby() -> int:
     os.dup2(fd, 2)
     os.close(fd)
     return main(order["argv"])
-
-
-def _studies(args: argparse.Namespace) -> int:
-    from atml.storage import list_studies, open_storage
-
-    rows = list_studies(open_storage(args.storage))
-    if args.json:
-        print(json.dumps([r.__dict__ for r in rows], default=str, indent=2))
-        return 0
-    if not rows:
-        print("no studies")
-        return 0
-    print(f"{'study':24s} {'metric':8s} {'direction':9s} {'complete':>8s} {'pruned':>7s} {'fail':>5s} "
-          f"{'running':>7s} {'best':>8s}  stop reason")
-    for r in rows:
-        c = r.counts
-        best = "-" if r.best_value is None else f"{r.best_value:.4f}"
-        print(f"{r.name:24s} {r.metric:8s} {','.join(r.directions):9s} {c.get('COMPLETE', 0):8d} "
-              f"{c.get('PRUNED', 0):7d} {c.get('FAIL', 0):5d} {c.get('RUNNING', 0):7d} {best:>8s}  "
-              f"{r.stop_reason or ''}")
-    return 0

@@ -7,21 +7,18 @@ of database connections. Light: grpcio and optuna are imported inside the handle
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any
 
-__all__ = ["add_commands"]
+from atml.cli.common import Command, add_storage_arg
+
+__all__ = ["STORAGE_PROXY"]
 
 
-def add_commands(subparsers: Any, storage_arg: Callable[[argparse.ArgumentParser], None]) -> dict[str, Callable[[argparse.Namespace], int]]:
-    """Register ``storage-proxy`` on the ``atml`` parser; returns {name: handler}."""
-    p = subparsers.add_parser("storage-proxy", help="serve the storage to many workers over gRPC (needs grpcio)")
-    storage_arg(p)
+def _arguments(p: argparse.ArgumentParser) -> None:
+    add_storage_arg(p)
     p.add_argument("--host", default="0.0.0.0", help="interface to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=13000, help="port (default %(default)s)")
     p.add_argument("--threads", type=int, default=16, help="request threads (default %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
-    return {"storage-proxy": _proxy}
 
 
 def _proxy(args: argparse.Namespace) -> int:
@@ -29,3 +26,7 @@ def _proxy(args: argparse.Namespace) -> int:
 
     run_storage_proxy(args.storage, host=args.host, port=args.port, threads=args.threads)
     return 0
+
+
+STORAGE_PROXY = Command("storage-proxy", "serve the storage to many workers over gRPC (needs grpcio)",
+                        _arguments, _proxy)

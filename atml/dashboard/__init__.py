@@ -1,6 +1,7 @@
 """The ATML dashboard: a FastAPI app over a study storage.
 
-``create_app(storage_url)`` opens the storage read-side (no heartbeat) and serves HTML
+``create_app(storage)`` reads a storage (an Optuna storage, or a URL that it opens
+read-side: no heartbeat) and serves HTML
 pages (server-rendered, plotly.js from the plotly package, live updates by polling) and
 a JSON API under ``/api`` described by the OpenAPI schema at ``/openapi.json``. It reads
 studies through Optuna's storage (see :mod:`atml.dashboard.reader` for the one narrow
@@ -15,9 +16,9 @@ from typing import Any
 __all__ = ["create_app"]
 
 
-def create_app(storage_url: str, *, artifacts: str | Path | None = None, token: str | None = None,
+def create_app(storage: Any, *, artifacts: str | Path | None = None, token: str | None = None,
                refresh_seconds: float = 1.0, allowed_hosts: list[str] | None = None) -> Any:
-    """Build the dashboard app for ``storage_url``.
+    """Build the dashboard app over ``storage``: an Optuna ``BaseStorage`` or a storage URL.
 
     ``artifacts`` is the folder holding ``<study>/gate`` and ``<study>/trials`` (default:
     beside a SQLite file, else ./studies). ``token`` (default: env ATML_DASHBOARD_TOKEN)
@@ -25,7 +26,7 @@ def create_app(storage_url: str, *, artifacts: str | Path | None = None, token: 
     without one the dashboard is read-only. ``allowed_hosts`` limits the Host header
     (``atml dashboard`` sets it to the loopback names when bound to 127.0.0.1, so a web
     page cannot reach the dashboard through DNS rebinding). Raises
-    :class:`atml.errors.StorageError` when the storage cannot be opened.
+    :class:`atml.errors.StorageError` when a URL's storage cannot be opened.
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -38,7 +39,11 @@ def create_app(storage_url: str, *, artifacts: str | Path | None = None, token: 
     from atml.dashboard.reader import StudyNotFound, StudyReader, TrialNotFound
     from atml.storage import open_storage
 
-    storage = open_storage(storage_url)
+    if isinstance(storage, str):
+        storage_url: str | None = storage
+        storage = open_storage(storage)
+    else:
+        storage_url = api.url_of(storage)
     art = Path(artifacts) if artifacts is not None else api.default_artifacts(storage_url)
     ctx = api.Context(reader=StudyReader(storage, refresh_seconds=refresh_seconds), storage_url=storage_url,
                       artifacts=art.resolve() if art is not None else None,

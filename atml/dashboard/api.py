@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
+import logging
 import math
 import os
 import uuid
@@ -18,8 +19,8 @@ from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from optuna.trial import TrialState
 
-from atml import __version__
-from atml.config import encode_choices
+from atml import __version__, records
+from atml.config import SearchSpace, space_from_stored
 from atml.dashboard import figures, serializers
 from atml.dashboard.reader import Snapshot, StudyNotFound, StudyReader, StudyRef
 from atml.dashboard.schemas import (
@@ -43,8 +44,11 @@ from atml.dashboard.schemas import (
     TrialPlot,
     TrialStateName,
 )
+from atml.errors import AtmlError
 
-__all__ = ["Context", "router", "STOPPED_FROM_DASHBOARD"]
+__all__ = ["Context", "router", "STOPPED_FROM_DASHBOARD", "default_artifacts", "url_of", "env_token"]
+
+log = logging.getLogger(__name__)
 
 STOPPED_FROM_DASHBOARD = "stopped from dashboard"
 SORT_PATTERN = r"^(number|value|state|duration|datetime_start|datetime_complete|n_params|onnx_kb|metric\.[\w.-]{1,64}|param\.[\w.-]{1,128})$"
@@ -56,7 +60,7 @@ class Context:
     """What every request needs; one per app, on ``app.state.ctx``."""
 
     reader: StudyReader
-    storage_url: str
+    storage_url: str | None  # None: given a storage object without a URL (in memory, say)
     artifacts: Path | None
     token: str | None
 
@@ -101,7 +105,8 @@ def health(ctx: Ctx) -> dict[str, Any]:
     """Liveness, version, and whether writing endpoints are enabled."""
     from atml.storage import redact
 
-    return {"status": "ok", "version": __version__, "read_only": ctx.read_only, "storage": redact(ctx.storage_url)}
+    shown = redact(ctx.storage_url) if ctx.storage_url else type(ctx.reader.storage).__name__
+    return {"status": "ok", "version": __version__, "read_only": ctx.read_only, "storage": shown}
 
 
 @router.get("/studies", response_model=list[StudyItem], tags=["studies"])
@@ -216,7 +221,7 @@ def _new_note(ctx: Context, ref: StudyRef, text: str, trial: int | None) -> dict
     now = dt.datetime.now(dt.UTC)
     key = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     value = {"text": text, "trial": trial, "time": now.isoformat(timespec="seconds")}
-    _set_attr(ctx, ref, serializers.NOTE_PREFIX + key, json.dumps(value))
+    _set_attr(ctx, ref, records.NOTE_PREFIX + key, json.dumps(value))
     ctx.reader.invalidate(ref.name)
     return {"id": key, **value}
 
@@ -241,7 +246,7 @@ def add_trial_note(ctx: Ctx, name: str, number: int, body: NoteIn) -> dict[str, 
 def stop(ctx: Ctx, name: str) -> dict[str, Any]:
     """Ask every worker to stop after its current trial (sets atml.stop_reason)."""
     ref = ctx.reader.study(name)
-    _set_attr(ctx, ref, serializers.STOP_ATTR, STOPPED_FROM_DASHBOARD)
+    _set_attr(ctx, ref, records.STOP, STOPPED_FROM_DASHBOARD)
     ctx.reader.invalidate(ref.name)
     return {"study": ref.name, "stop_reason": STOPPED_FROM_DASHBOARD}
 
@@ -250,11 +255,9 @@ def stop(ctx: Ctx, name: str) -> dict[str, Any]:
 def clear_avoid(ctx: Ctx, name: str) -> dict[str, Any]:
     """Clear the avoid list (every atml.avoid.* attribute becomes null)."""
     ref = ctx.reader.study(name, fresh=True)
-    keys = [k for k, v in ref.user_attrs.items() if k.startswith(serializers.AVOID_PREFIX) and v is not None]
-    for k in keys:
-        _set_attr(ctx, ref, k, None)
+    n = records.clear_prefix(ref.user_attrs, records.AVOID_PREFIX, lambda k, v: _set_attr(ctx, ref, k, v))
     ctx.reader.invalidate(ref.name)
-    return {"study": ref.name, "cleared": len(keys)}
+    return {"study": ref.name, "cleared": n}
 
 
 @router.post("/studies/{name}/enqueue", response_model=EnqueueOut, status_code=201, responses={
@@ -285,42 +288,27 @@ def _bad(msg: str) -> HTTPException:
     return HTTPException(422, msg)
 
 
-def _spec(name: str, spec: Any, family: str | None) -> tuple[str, Any] | None:
-    """(name, rule) of one searchable entry of a stored (already validated) space."""
-    if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
-        return None  # a fixed value
-    if spec["type"] == "categorical":
-        choices = tuple(spec.get("choices") or ())
-        return name, ("categorical", None, None, encode_choices(choices) or choices, family)
-    return name, (spec["type"], spec.get("low"), spec.get("high"), (), family)
+def _stored_space(snap: Snapshot) -> SearchSpace | None:
+    """The study's stored space, validated without the model registry (no torch), or None."""
+    stored = records.stored_space(snap.ref.user_attrs)
+    if stored is None:
+        return None
+    try:
+        return space_from_stored(stored)
+    except AtmlError as e:  # written by another version: fall back to the trials
+        log.info("study %s: stored space not readable here (%s)", snap.name, e)
+        return None
 
 
 def _known_params(snap: Snapshot) -> dict[str, Any]:
-    """name -> (kind, low, high, choices, family) from the stored space, else from the trials.
-
-    The stored space was validated when the study was created, so it is read as plain data
-    here: ``atml.config.space_from_dict`` would import torch to check the model families.
-    """
-    out: dict[str, Any] = {}
-    stored = serializers._attr_json(snap.ref.user_attrs.get(serializers.SPACE_ATTR))
-    raw = stored.get("raw") if isinstance(stored, dict) else None
-    if isinstance(raw, dict):
-        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
-        train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
-        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-        fams = model.get("families") if isinstance(model.get("families"), dict) else {}
-        entries = [_spec(f"data.{k}", v, None) for k, v in data.items() if k not in ("synthetic", "label_map")]
-        entries += [_spec(f"train.{k}", v, None) for k, v in train.items()]
-        entries += [_spec(f"model.{k}", v, None) for k, v in model.items() if k != "families"]
-        for fam, params in fams.items():
-            entries += [_spec(f"{fam}.{k}", v, str(fam)) for k, v in (params or {}).items()] if isinstance(params, dict) else []
-        out = dict(e for e in entries if e is not None)
-        if len(fams) > 1:
-            out["model.family"] = ("categorical", None, None, tuple(fams), None)
-        if out or fams:
-            return out
+    """name -> (kind, low, high, choices, family) from the stored space, else from the trials."""
+    space = _stored_space(snap)
+    if space is not None:
+        family_of = {p.name: fam for fam, (_, params) in space.families.items() for p in params}
+        return {p.name: (p.kind, p.low, p.high, p.choices, family_of.get(p.name)) for p in space.params}
     from optuna.distributions import CategoricalDistribution, IntDistribution
 
+    out: dict[str, Any] = {}
     for t in snap.trials:
         for k, d in t.distributions.items():
             if k in out:
@@ -357,12 +345,18 @@ def _check_params(snap: Snapshot, params: dict[str, Any]) -> None:
         raise _bad("params: parameters of two model families; set model.family")
 
 
-def default_artifacts(storage_url: str) -> Path | None:
+def default_artifacts(storage_url: str | None) -> Path | None:
     """Beside a SQLite file, else ./studies (as atml search does), when that folder exists."""
     from atml.storage import default_artifacts as beside_storage
 
-    path = Path(beside_storage(storage_url))
+    path = Path(beside_storage(storage_url or ""))
     return path if path.is_dir() else None
+
+
+def url_of(storage: Any) -> str | None:
+    """The URL of a storage object: an ``RDBStorage``'s, also behind atml's resilient wrapper."""
+    url = getattr(getattr(storage, "backend", storage), "url", None)
+    return url if isinstance(url, str) else None
 
 
 def env_token() -> str | None:

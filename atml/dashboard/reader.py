@@ -31,7 +31,9 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from atml import records
 from atml.dashboard import sql
+from atml.storage.optuna_internals import study_id, trial_id
 
 __all__ = ["StudyNotFound", "TrialNotFound", "StudyRef", "Snapshot", "StudyOverview", "StudyReader"]
 
@@ -92,7 +94,7 @@ class Finished:
         if end is not None:
             if self.last is None or end > self.last:
                 self.last = end
-            w = ua.get("worker")
+            w = ua.get(records.WORKER)
             if isinstance(w, str) and (w not in self.workers or end > self.workers[w]):
                 self.workers[w] = end
         if t.state == TrialState.COMPLETE and t.values and isinstance(t.values[0], float) and math.isfinite(t.values[0]):
@@ -228,7 +230,7 @@ class StudyReader:
                 return self._studies[1]
         refs = [
             StudyRef(
-                study_id=s._study_id,
+                study_id=study_id(s),
                 name=s.study_name,
                 directions=tuple(d.name.lower() for d in s.directions),
                 user_attrs=dict(s.user_attrs),
@@ -323,13 +325,13 @@ class StudyReader:
             return False
         changed = False
         for t in sql.bulk_trials(self._engine, self._tables, cache.study_id, trial_ids=need):
-            old = cache.trials.get(t._trial_id)
+            old = cache.trials.get(trial_id(t))
             if old is not None and old.state in FINISHED:
                 continue  # already folded in; finished trials do not change
             sig = t.state.name if t.state in FINISHED else _signature(t)
-            if cache.signatures.get(t._trial_id) != sig:
-                cache.trials[t._trial_id] = t
-                cache.signatures[t._trial_id] = sig
+            if cache.signatures.get(trial_id(t)) != sig:
+                cache.trials[trial_id(t)] = t
+                cache.signatures[trial_id(t)] = sig
                 if t.state in FINISHED:
                     cache.finished.add(t)
                 changed = True
@@ -338,9 +340,9 @@ class StudyReader:
     @staticmethod
     def _replace_all(cache: _StudyCache, trials: list[FrozenTrial]) -> bool:
         # Finished trials are immutable: their state identifies them; only unfinished ones need a signature.
-        sigs = {t._trial_id: (t.state.name if t.state in FINISHED else _signature(t)) for t in trials}
+        sigs = {trial_id(t): (t.state.name if t.state in FINISHED else _signature(t)) for t in trials}
         changed = sigs != cache.signatures
-        cache.trials = {t._trial_id: t for t in trials}
+        cache.trials = {trial_id(t): t for t in trials}
         cache.signatures = sigs
         if changed:
             cache.finished = Finished()
@@ -352,7 +354,7 @@ class StudyReader:
     # -- heartbeats --------------------------------------------------------------------
     def heartbeat_ages(self, snap: Snapshot) -> dict[int, float]:
         """Seconds since the last heartbeat of each RUNNING trial (by number), where recorded."""
-        running = {t._trial_id: t.number for t in snap.unfinished if t.state == TrialState.RUNNING}
+        running = {trial_id(t): t.number for t in snap.unfinished if t.state == TrialState.RUNNING}
         if not running or self._engine is None:
             return {}
         import sqlalchemy as sa

@@ -50,7 +50,7 @@ class Health(BaseModel):
     status: str = "ok"
     version: str
     read_only: bool
-    storage: str = Field(description="storage URL with any password hidden")
+    storage: str = Field(description="storage URL with any password hidden (a storage given as an object without a URL: its class)")
 
 
 class StudyItem(BaseModel):

@@ -7,7 +7,6 @@ them directly. Non-finite floats become ``None`` (JSON has no NaN).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import time
 from collections.abc import Iterable
@@ -17,20 +16,14 @@ from urllib.parse import quote
 
 from optuna.trial import FrozenTrial, TrialState
 
+from atml import records
 from atml.dashboard.reader import Snapshot, StudyOverview, StudyRef
 
 __all__ = [
-    "SPACE_ATTR", "STOP_ATTR", "DEADLINE_ATTR", "AVOID_PREFIX", "GATE_PREFIX", "NOTE_PREFIX",
     "json_safe", "study_info", "overview_row", "trial_row", "trial_detail", "summary", "trial_page",
     "gate_folders", "avoid_entries", "notes", "SORT_KEYS",
 ]
 
-SPACE_ATTR = "atml.space"
-STOP_ATTR = "atml.stop_reason"
-DEADLINE_ATTR = "atml.deadline"
-AVOID_PREFIX = "atml.avoid."
-GATE_PREFIX = "atml.gate."
-NOTE_PREFIX = "atml.note."
 RECENT_SECONDS = 600  # a worker that finished a trial this recently counts as seen
 SORT_KEYS = ("number", "value", "state", "duration", "datetime_start", "datetime_complete", "n_params", "onnx_kb")
 
@@ -58,42 +51,36 @@ def _iso(d: dt.datetime | None) -> str | None:
     return d.isoformat(timespec="seconds")
 
 
-def _attr_json(v: Any) -> Any:
-    """A study attr written as a JSON string or as a value; None stays None."""
-    if isinstance(v, str):
-        try:
-            return json.loads(v)
-        except ValueError:
-            return v
-    return v
-
-
 def study_info(ref: StudyRef) -> dict[str, Any]:
-    """What the stored search space says: metric, direction(s), budget, data classes."""
-    space = _attr_json(ref.user_attrs.get(SPACE_ATTR)) or {}
-    raw = space.get("raw", {}) if isinstance(space, dict) else {}
+    """What the stored search space says: metric, direction(s), budget, data classes.
+
+    Read as plain data, each field on its own: a page must show any study, also one
+    whose space another version wrote (validating it would reject that one whole).
+    """
+    ua = ref.user_attrs
+    space = records.stored_space(ua) or {}
+    raw = space.get("raw", {})
     raw = raw if isinstance(raw, dict) else {}
     st = raw.get("study") if isinstance(raw.get("study"), dict) else {}
     budget = raw.get("budget") if isinstance(raw.get("budget"), dict) else {}
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
-    metric = ref.user_attrs.get("atml.metric") or st.get("metric") or "objective"
+    metric = ua.get(records.METRIC) or st.get("metric") or "objective"
     classes = data.get("classes") if isinstance(data.get("classes"), list) and len(data.get("classes")) == 2 else None
     n_trials = budget.get("n_trials")
     timeout = budget.get("timeout")
-    deadline = ref.user_attrs.get(DEADLINE_ATTR)
     return {
         "name": ref.name,
         "directions": list(ref.directions),
         "metric": str(metric),
-        "source": space.get("source") if isinstance(space, dict) else None,
+        "source": space.get("source"),
         "n_trials": n_trials if isinstance(n_trials, int) and not isinstance(n_trials, bool) else None,
         "timeout": float(timeout) if isinstance(timeout, int | float) and not isinstance(timeout, bool) else None,
-        "deadline": float(deadline) if isinstance(deadline, int | float) and not isinstance(deadline, bool) else None,
-        "stop_reason": ref.user_attrs.get(STOP_ATTR) if isinstance(ref.user_attrs.get(STOP_ATTR), str) else None,
+        "deadline": records.deadline(ua),
+        "stop_reason": records.stop_reason(ua),
         "classes": [str(c) for c in classes] if classes else ["negative", "positive"],
         "sampler": st.get("sampler", {}).get("type") if isinstance(st.get("sampler"), dict) else None,
         "pruner": st.get("pruner", {}).get("type") if isinstance(st.get("pruner"), dict) else None,
-        "atml": SPACE_ATTR in ref.user_attrs,
+        "atml": records.SPACE in ua,
     }
 
 
@@ -135,11 +122,11 @@ def trial_row(t: FrozenTrial) -> dict[str, Any]:
         "datetime_start": _iso(t.datetime_start),
         "datetime_complete": _iso(t.datetime_complete),
         "duration": _duration(t),
-        "worker": ua.get("worker") if isinstance(ua.get("worker"), str) else None,
+        "worker": ua.get(records.WORKER) if isinstance(ua.get(records.WORKER), str) else None,
         "n_params": ua.get("n_params") if isinstance(ua.get("n_params"), int) else None,
         "onnx_kb": _num(ua.get("onnx_kb")),
         "epochs": len(t.intermediate_values),
-        "reason": ua.get("reason") if isinstance(ua.get("reason"), str) else None,
+        "reason": records.reason(t),
     }
 
 
@@ -201,16 +188,6 @@ def trial_page(snap: Snapshot, *, states: Iterable[str] | None = None, sort: str
             "states": list(wanted), "items": [trial_row(t) for t in page]}
 
 
-def _entries(ref: StudyRef, prefix: str) -> list[tuple[str, Any]]:
-    out = []
-    for k, v in ref.user_attrs.items():
-        if k.startswith(prefix) and v is not None:
-            val = _attr_json(v)
-            if val is not None:
-                out.append((k[len(prefix):], val))
-    return out
-
-
 def _file_url(study: str, rel: str) -> str:
     return f"/api/studies/{quote(study, safe='')}/files/{quote(rel)}"
 
@@ -218,8 +195,7 @@ def _file_url(study: str, rel: str) -> str:
 def gate_folders(ref: StudyRef, artifacts: Path | None) -> list[dict[str, Any]]:
     """Gate folders recorded on the study, with a link for each file that is on disk here."""
     out = []
-    for key, g in _entries(ref, GATE_PREFIX):
-        g = g if isinstance(g, dict) else {}
+    for key, g in records.gate_records(ref.user_attrs):
         folder = str(g.get("folder") or key)
         files = []
         names = g.get("files") if isinstance(g.get("files"), list) else []
@@ -240,9 +216,9 @@ def gate_folders(ref: StudyRef, artifacts: Path | None) -> list[dict[str, Any]]:
 
 
 def avoid_entries(ref: StudyRef) -> list[dict[str, Any]]:
+    """The avoid list, by trial; an entry written by hand may lack any field."""
     out = []
-    for key, a in _entries(ref, AVOID_PREFIX):
-        a = a if isinstance(a, dict) else {"reason": str(a)}
+    for key, a in records.avoid_records(ref.user_attrs):
         trial = a.get("trial")
         out.append({"key": key, "trial": trial if isinstance(trial, int) and not isinstance(trial, bool) else None,
                     "params": json_safe(a.get("params")) if isinstance(a.get("params"), dict) else {},
@@ -256,9 +232,7 @@ def avoid_entries(ref: StudyRef) -> list[dict[str, Any]]:
 def notes(ref: StudyRef, trial: int | None = None, *, all_trials: bool = True) -> list[dict[str, Any]]:
     """Notes on the study (``trial`` None: every note when ``all_trials``) or on one trial."""
     out = []
-    for key, n in _entries(ref, NOTE_PREFIX):
-        if not isinstance(n, dict):
-            continue
+    for key, n in records.note_records(ref.user_attrs):
         t = n.get("trial") if isinstance(n.get("trial"), int) else None
         if trial is not None and t != trial:
             continue
@@ -282,7 +256,7 @@ def _workers(snap: Snapshot, ages: dict[int, float]) -> list[dict[str, Any]]:
         if (now - end).total_seconds() < RECENT_SECONDS:
             entry(w)["last_seen"] = end
     for t in snap.unfinished:
-        w = t.user_attrs.get("worker")
+        w = t.user_attrs.get(records.WORKER)
         if t.state != TrialState.RUNNING or not isinstance(w, str):
             continue
         cur = entry(w)
@@ -301,13 +275,10 @@ def _workers(snap: Snapshot, ages: dict[int, float]) -> list[dict[str, Any]]:
     return out
 
 
-def best_trial(snap: Snapshot) -> FrozenTrial | None:
-    return snap.best
-
-
 def summary(snap: Snapshot, *, ages: dict[int, float], artifacts: Path | None, since: str | None) -> dict[str, Any]:
     """Everything the study page header shows; cheap enough to poll every two seconds."""
     info = study_info(snap.ref)
+    ua = snap.ref.user_attrs
     c = snap.counts
     done = c.get("COMPLETE", 0) + c.get("PRUNED", 0)
     n = info["n_trials"]
@@ -326,9 +297,9 @@ def summary(snap: Snapshot, *, ages: dict[int, float], artifacts: Path | None, s
         "best": trial_row(bt) if bt is not None else None,
         "workers": _workers(snap, ages),
         "last_activity": _iso(snap.last_activity),
-        "n_gate": len(_entries(snap.ref, GATE_PREFIX)),
-        "n_avoid": len(_entries(snap.ref, AVOID_PREFIX)),
-        "n_notes": len(_entries(snap.ref, NOTE_PREFIX)),
+        "n_gate": len(records.gate_records(ua)),
+        "n_avoid": len(records.avoid_records(ua)),
+        "n_notes": len(records.note_records(ua)),
         "has_size": bool(has_size),
         "multi_objective": len(snap.ref.directions) > 1,
         "plots": plot_kinds(snap, has_size=bool(has_size)),
@@ -356,7 +327,7 @@ def trial_detail(snap: Snapshot, t: FrozenTrial, artifacts: Path | None) -> dict
         ck_url = _file_url(snap.name, ck)
     avoided = [a for a in avoid_entries(snap.ref) if a["trial"] == t.number]
     gate = [g for g in gate_folders(snap.ref, artifacts) if g["trial"] == t.number]
-    reason = ua.get("reason") if isinstance(ua.get("reason"), str) else None
+    reason = records.reason(t)
     if avoided and avoided[0]["reason"]:
         reason = (reason + "; " if reason else "") + "avoid list: " + avoided[0]["reason"]
     history = ua.get("history") if isinstance(ua.get("history"), list) else []

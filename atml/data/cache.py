@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from atml.data.preprocess import WFDB_FORMATS, DataSpec, map_labels, normalize, subsample
-from atml.data.readers import READERS, NpzStream, RawData, reader_takes_spec
+from atml.data.labels import map_labels
+from atml.data.preprocess import normalize, subsample
+from atml.data.readers.npz import NpzStream
+from atml.data.readers.registry import READERS, RawData, reader_takes_spec
+from atml.data.spec import WFDB_FORMATS, DataSpec
 from atml.data.splits import Split, subject_split
 from atml.data.synthetic import synthetic_ecg
 from atml.data.transforms import transform_segments

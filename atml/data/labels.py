@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from atml.data.spec import DataSpec
 from atml.errors import DataError
 
-if TYPE_CHECKING:
-    from atml.data.preprocess import DataSpec
+__all__ = ["LabelResult", "map_labels", "split_multilabel"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class LabelResult:
     unmapped_example: str = ""
 
 
-def map_labels(labels: np.ndarray, spec: DataSpec, name_of=None) -> LabelResult:  # noqa: ANN001
+def map_labels(labels: np.ndarray, spec: DataSpec, name_of: Callable[[int], str] | None = None) -> LabelResult:
     """Map text labels to class ids following ``spec``; ``name_of(i)`` names item i in errors."""
     labels = np.asarray(labels).astype(str)
     if spec.multilabel:
@@ -67,7 +67,7 @@ def split_multilabel(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _map_multilabel(labels: np.ndarray, spec: DataSpec, name_of) -> LabelResult:  # noqa: ANN001
+def _map_multilabel(labels: np.ndarray, spec: DataSpec, name_of: Callable[[int], str] | None) -> LabelResult:
     """Comma-separated labels per item -> (N, C) 0/1 rows over ``spec.classes``.
 
     Labels outside the classes (or label_map) are ignored, as in the CinC scoring, unless

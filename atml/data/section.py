@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from atml.data.preprocess import DataSpec
+from atml.data.spec import DataSpec
 
 __all__ = ["spec_from_section", "SECTION_DEFAULTS"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from atml.data.readers import RawData
+from atml.data.readers.registry import RawData
 
 # Wave indices in the per-beat component arrays.
 _P, _Q, _R, _S, _T = range(5)

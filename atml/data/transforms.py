@@ -15,6 +15,7 @@ from math import gcd
 
 import numpy as np
 
+from atml.data.spec import DataSpec
 from atml.errors import DataError
 
 # Butterworth order of the band-pass; sosfiltfilt doubles it (zero phase).
@@ -120,9 +121,7 @@ def cut(x: np.ndarray, plan: WindowPlan) -> np.ndarray:
     return np.stack([x[..., s : s + plan.length] for s in plan.starts])
 
 
-def transform_segments(
-    x: np.ndarray, fs: int, spec, where: str  # noqa: ANN001 - DataSpec (no import cycle)
-) -> tuple[np.ndarray, int, int]:
+def transform_segments(x: np.ndarray, fs: int, spec: DataSpec, where: str) -> tuple[np.ndarray, int, int]:
     """Apply resample, band-pass and windows to fixed-length segments (N, leads, samples).
 
     Returns (x', windows per segment, output rate); x' is (N * k, leads, length) with the

@@ -1,54 +1,69 @@
 """Model families searched by atml, and the registry used to build them.
 
-Every family is a ``torch.nn.Module`` whose constructor takes only keyword
-arguments: ``in_channels`` and ``n_classes`` (set from the data) plus
-hyperparameters with defaults (set from the search space).  Models map
+Every family is a ``torch.nn.Module`` built from one frozen dataclass of
+hyperparameters (:class:`~atml.models.hparams.Hparams`, validated once when it is
+made): ``in_channels`` and ``n_classes`` (set from the data) plus hyperparameters
+with defaults (set from the search space).  Models map
 float32 ``(batch, in_channels, samples)`` to raw logits ``(batch, n_classes)``
 for any ``samples >= 250`` and export to ONNX (opset 17, dynamic batch).
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from atml.errors import SpaceError
 from atml.models import afnet, inception1d, resnet1d, sepnet
-from atml.models.afnet import AFNet
-from atml.models.inception1d import Inception1D
-from atml.models.resnet1d import ResNet1D
-from atml.models.sepnet import SepNet
+from atml.models.afnet import AFNet, AFNetHparams
+from atml.models.hparams import Hparams
+from atml.models.inception1d import Inception1D, Inception1DHparams
+from atml.models.resnet1d import ResNet1D, ResNet1DHparams
+from atml.models.sepnet import SepNet, SepNetHparams
 
 __all__ = [
     "AFNet",
+    "AFNetHparams",
+    "Family",
+    "Hparams",
     "Inception1D",
+    "Inception1DHparams",
     "ResNet1D",
+    "ResNet1DHparams",
     "SPACE_HINTS",
     "SepNet",
+    "SepNetHparams",
     "build_model",
     "count_parameters",
     "family_names",
     "family_params",
 ]
 
+
+@dataclass(frozen=True)
+class Family:
+    """A registered model family: its hyperparameters and the model built from them."""
+
+    hparams: type[Hparams]
+    model: Callable[[Any], nn.Module]
+    # Suggested (informational) search ranges: tuples are (low, high) inclusive
+    # ranges, lists are categorical choices.
+    space_hint: dict[str, Any]
+
+
 # Insertion order is the order family_names() reports.
-_REGISTRY: dict[str, type[nn.Module]] = {
-    "afnet": AFNet,
-    "resnet1d": ResNet1D,
-    "sepnet": SepNet,
-    "inception1d": Inception1D,
+_REGISTRY: dict[str, Family] = {
+    afnet.FAMILY: Family(AFNetHparams, AFNet, afnet.SPACE_HINT),
+    resnet1d.FAMILY: Family(ResNet1DHparams, ResNet1D, resnet1d.SPACE_HINT),
+    sepnet.FAMILY: Family(SepNetHparams, SepNet, sepnet.SPACE_HINT),
+    inception1d.FAMILY: Family(Inception1DHparams, Inception1D, inception1d.SPACE_HINT),
 }
 
-# Suggested (informational) search ranges per family: tuples are (low, high)
-# inclusive ranges, lists are categorical choices.
-SPACE_HINTS: dict[str, dict[str, Any]] = {
-    "afnet": afnet.SPACE_HINT,
-    "resnet1d": resnet1d.SPACE_HINT,
-    "sepnet": sepnet.SPACE_HINT,
-    "inception1d": inception1d.SPACE_HINT,
-}
+SPACE_HINTS: dict[str, dict[str, Any]] = {name: fam.space_hint for name, fam in _REGISTRY.items()}
 
 # Set from the data, never searched, so family_params() leaves them out.
 _DATA_ARGS = ("in_channels", "n_classes")
@@ -59,7 +74,7 @@ def family_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def _family_class(family: str) -> type[nn.Module]:
+def _family(family: str) -> Family:
     try:
         return _REGISTRY[family]
     except (KeyError, TypeError):
@@ -71,13 +86,10 @@ def family_params(family: str) -> dict[str, Any]:
     """Hyperparameter names of ``family`` mapped to their default values.
 
     ``in_channels``/``n_classes`` are excluded.  The type of each default
-    (``int`` or ``float``) is the type the constructor expects, which is
+    (``int`` or ``float``) is the type the family expects, which is
     enough to validate a YAML search space.
     """
-    sig = inspect.signature(_family_class(family).__init__)
-    return {
-        name: p.default for name, p in sig.parameters.items() if name != "self" and name not in _DATA_ARGS
-    }
+    return {f.name: f.default for f in dataclasses.fields(_family(family).hparams) if f.name not in _DATA_ARGS}
 
 
 def build_model(family: str, *, in_channels: int, n_classes: int, **hparams: Any) -> nn.Module:
@@ -86,7 +98,7 @@ def build_model(family: str, *, in_channels: int, n_classes: int, **hparams: Any
     Raises :class:`~atml.errors.SpaceError` for an unknown family, an unknown
     hyperparameter name, or an invalid value (message names the parameter).
     """
-    cls = _family_class(family)
+    fam = _family(family)
     allowed = family_params(family)
     unknown = sorted(set(hparams) - set(allowed))
     if unknown:
@@ -94,7 +106,7 @@ def build_model(family: str, *, in_channels: int, n_classes: int, **hparams: Any
             f"unknown hyperparameter {', '.join(map(repr, unknown))} for model family {family!r} "
             f"(allowed: {', '.join(allowed)})"
         )
-    return cls(in_channels=in_channels, n_classes=n_classes, **hparams)
+    return fam.model(fam.hparams(in_channels=in_channels, n_classes=n_classes, **hparams))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,22 +8,22 @@ global average pooling and a linear head.  Defaults give ~10k parameters
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from atml.models._blocks import (
+from atml.models.blocks import (
     ClassifierHead,
     ConvBNAct,
     RhythmFeatures,
     SqueezeExcite,
-    check_common,
-    check_float,
-    check_int,
     scaled_channels,
-    stem_kernel,
+    strided_stem,
 )
+from atml.models.hparams import COMMON_RULES, GROWTH, Hparams, Int, Rule
 
 FAMILY = "afnet"
 
@@ -50,13 +50,11 @@ RHYTHM_LAGS = 24
 RHYTHM_HIDDEN = 8
 
 
-class AFNet(nn.Module):
-    """Tiny 1D CNN: strided stem, ``depth`` conv-BN-ReLU(-SE) blocks, GAP, linear.
+@dataclass(frozen=True, kw_only=True)
+class AFNetHparams(Hparams):
+    """Hyperparameters of :class:`AFNet`.
 
-    Input ``(batch, in_channels, samples)`` float32, output raw logits
-    ``(batch, n_classes)``.
-
-    Parameters
+    Attributes
     ----------
     in_channels, n_classes:
         Number of ECG leads and of output classes.
@@ -83,66 +81,48 @@ class AFNet(nn.Module):
         second block); 0 leaves it out and gives the plain ATML network.
     """
 
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        n_classes: int,
-        width: int = 8,
-        depth: int = 4,
-        kernel_size: int = 7,
-        dropout: float = 0.1,
-        growth: float = 1.4,
-        se_reduction: int = 4,
-        stride: int = 2,
-        stem_stride: int = 4,
-        rhythm: int = 0,
-    ) -> None:
-        super().__init__()
-        in_channels, n_classes, width, depth, kernel_size, dropout, stem_stride = check_common(
-            FAMILY,
-            in_channels=in_channels,
-            n_classes=n_classes,
-            width=width,
-            depth=depth,
-            kernel_size=kernel_size,
-            dropout=dropout,
-            stem_stride=stem_stride,
-        )
-        growth = check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
-        se_reduction = check_int(FAMILY, "se_reduction", se_reduction, low=0)
-        stride = check_int(FAMILY, "stride", stride, low=1)
-        rhythm = check_int(FAMILY, "rhythm", rhythm, low=0)
-        self.hparams: dict[str, Any] = {
-            "in_channels": in_channels,
-            "n_classes": n_classes,
-            "width": width,
-            "depth": depth,
-            "kernel_size": kernel_size,
-            "dropout": dropout,
-            "growth": growth,
-            "se_reduction": se_reduction,
-            "stride": stride,
-            "stem_stride": stem_stride,
-            "rhythm": rhythm,
-        }
+    FAMILY: ClassVar[str] = FAMILY
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        **COMMON_RULES, "growth": GROWTH, "se_reduction": Int(low=0), "stride": Int(low=1), "rhythm": Int(low=0),
+    }
 
-        self.stem = ConvBNAct(in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride)
+    width: int = 8
+    depth: int = 4
+    kernel_size: int = 7
+    dropout: float = 0.1
+    growth: float = 1.4
+    se_reduction: int = 4
+    stride: int = 2
+    stem_stride: int = 4
+    rhythm: int = 0
+
+
+class AFNet(nn.Module):
+    """Tiny 1D CNN: strided stem, ``depth`` conv-BN-ReLU(-SE) blocks, GAP, linear.
+
+    Input ``(batch, in_channels, samples)`` float32, output raw logits
+    ``(batch, n_classes)``; the hyperparameters are :class:`AFNetHparams`.
+    """
+
+    def __init__(self, hp: AFNetHparams) -> None:
+        super().__init__()
+        self.hparams: dict[str, Any] = hp.as_dict()
+        self.stem = strided_stem(hp.in_channels, hp.width, hp.kernel_size, hp.stem_stride)
         blocks: list[nn.Module] = []
-        channels = width
+        channels = hp.width
         self._tap = -1  # index in self.blocks after which the rhythm branch reads
-        for i in range(depth):
-            out = scaled_channels(width, growth, i + 1)
-            blocks.append(ConvBNAct(channels, out, kernel_size, stride=stride))
-            if se_reduction > 0:
-                blocks.append(SqueezeExcite(out, se_reduction))
+        for i in range(hp.depth):
+            out = scaled_channels(hp.width, hp.growth, i + 1)
+            blocks.append(ConvBNAct(channels, out, hp.kernel_size, stride=hp.stride))
+            if hp.se_reduction > 0:
+                blocks.append(SqueezeExcite(out, hp.se_reduction))
             channels = out
             if i < RHYTHM_TAP:
                 self._tap, tap_channels = len(blocks) - 1, out
         self.blocks = nn.Sequential(*blocks)
-        self.rhythm = RhythmFeatures(tap_channels, rhythm, RHYTHM_LAGS, RHYTHM_HIDDEN) if rhythm else None
+        self.rhythm = RhythmFeatures(tap_channels, hp.rhythm, RHYTHM_LAGS, RHYTHM_HIDDEN) if hp.rhythm else None
         extra = self.rhythm.out_features if self.rhythm is not None else 0
-        self.head = ClassifierHead(channels + extra, n_classes, dropout)
+        self.head = ClassifierHead(channels + extra, hp.n_classes, hp.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(B, C, T)`` signals to ``(B, n_classes)`` logits."""

@@ -11,19 +11,15 @@ the max-pool branch pools the bottleneck output rather than the module input.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from atml.models._blocks import (
-    ClassifierHead,
-    ConvBNAct,
-    check_common,
-    check_int,
-    make_odd,
-    stem_kernel,
-)
+from atml.models.blocks import ClassifierHead, ConvBNAct, StemBlocksHead, make_odd, strided_stem
+from atml.models.hparams import COMMON_RULES, Hparams, Int, Rule
 
 FAMILY = "inception1d"
 
@@ -100,10 +96,11 @@ class InceptionGroup(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
-class Inception1D(nn.Module):
-    """InceptionTime-style network: stem, ``depth`` inception modules, GAP, linear.
+@dataclass(frozen=True, kw_only=True)
+class Inception1DHparams(Hparams):
+    """Hyperparameters of :class:`Inception1D`.
 
-    Parameters
+    Attributes
     ----------
     in_channels, n_classes:
         Number of ECG leads and of output classes.
@@ -124,65 +121,33 @@ class Inception1D(nn.Module):
         Downsampling of the stem conv.
     """
 
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        n_classes: int,
-        width: int = 12,
-        depth: int = 6,
-        kernel_size: int = 15,
-        dropout: float = 0.1,
-        bottleneck: int = 12,
-        stride: int = 2,
-        stem_stride: int = 8,
-    ) -> None:
-        super().__init__()
-        in_channels, n_classes, width, depth, kernel_size, dropout, stem_stride = check_common(
-            FAMILY,
-            in_channels=in_channels,
-            n_classes=n_classes,
-            width=width,
-            depth=depth,
-            kernel_size=kernel_size,
-            dropout=dropout,
-            stem_stride=stem_stride,
-        )
-        bottleneck = check_int(FAMILY, "bottleneck", bottleneck, low=1)
-        stride = check_int(FAMILY, "stride", stride, low=1)
-        self.hparams: dict[str, Any] = {
-            "in_channels": in_channels,
-            "n_classes": n_classes,
-            "width": width,
-            "depth": depth,
-            "kernel_size": kernel_size,
-            "dropout": dropout,
-            "bottleneck": bottleneck,
-            "stride": stride,
-            "stem_stride": stem_stride,
-        }
+    FAMILY: ClassVar[str] = FAMILY
+    RULES: ClassVar[Mapping[str, Rule]] = {**COMMON_RULES, "bottleneck": Int(low=1), "stride": Int(low=1)}
 
-        self.stem = ConvBNAct(in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride)
+    width: int = 12
+    depth: int = 6
+    kernel_size: int = 15
+    dropout: float = 0.1
+    bottleneck: int = 12
+    stride: int = 2
+    stem_stride: int = 8
+
+
+class Inception1D(StemBlocksHead):
+    """InceptionTime-style network: stem, ``depth`` inception modules, GAP, linear (:class:`Inception1DHparams`)."""
+
+    def __init__(self, hp: Inception1DHparams) -> None:
+        super().__init__()
+        self.hparams: dict[str, Any] = hp.as_dict()
+        self.stem = strided_stem(hp.in_channels, hp.width, hp.kernel_size, hp.stem_stride)
         groups: list[nn.Module] = []
-        channels = width
-        remaining = depth
+        channels = hp.width
+        remaining = hp.depth
         while remaining > 0:
             n = min(GROUP_SIZE, remaining)
-            groups.append(
-                InceptionGroup(
-                    channels,
-                    n,
-                    width=width,
-                    bottleneck=bottleneck,
-                    kernel_size=kernel_size,
-                    stride=stride,
-                )
-            )
-            channels = 4 * width
+            groups.append(InceptionGroup(channels, n, width=hp.width, bottleneck=hp.bottleneck,
+                                         kernel_size=hp.kernel_size, stride=hp.stride))
+            channels = 4 * hp.width
             remaining -= n
         self.blocks = nn.Sequential(*groups)
-        self.head = ClassifierHead(channels, n_classes, dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, C, T)`` signals to ``(B, n_classes)`` logits."""
-        return self.head(self.blocks(self.stem(x)))
+        self.head = ClassifierHead(channels, hp.n_classes, hp.dropout)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from atml.models._blocks import (
-    ClassifierHead,
-    ConvBNAct,
-    check_common,
-    check_float,
-    check_int,
-    scaled_channels,
-    stem_kernel,
-)
+from atml.models.blocks import ClassifierHead, ConvBNAct, StemBlocksHead, scaled_channels, strided_stem
+from atml.models.hparams import COMMON_RULES, GROWTH, Hparams, Int, Rule
 
 FAMILY = "resnet1d"
 
@@ -54,10 +49,11 @@ class BasicBlock1D(nn.Module):
         return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
 
 
-class ResNet1D(nn.Module):
-    """1D ResNet: stem conv, ``depth`` basic blocks, GAP, linear head.
+@dataclass(frozen=True, kw_only=True)
+class ResNet1DHparams(Hparams):
+    """Hyperparameters of :class:`ResNet1D`.
 
-    Parameters
+    Attributes
     ----------
     in_channels, n_classes:
         Number of ECG leads and of output classes.
@@ -77,54 +73,30 @@ class ResNet1D(nn.Module):
         Downsampling of the stem conv.
     """
 
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        n_classes: int,
-        width: int = 16,
-        depth: int = 4,
-        kernel_size: int = 7,
-        dropout: float = 0.1,
-        growth: float = 1.5,
-        stride: int = 2,
-        stem_stride: int = 4,
-    ) -> None:
-        super().__init__()
-        in_channels, n_classes, width, depth, kernel_size, dropout, stem_stride = check_common(
-            FAMILY,
-            in_channels=in_channels,
-            n_classes=n_classes,
-            width=width,
-            depth=depth,
-            kernel_size=kernel_size,
-            dropout=dropout,
-            stem_stride=stem_stride,
-        )
-        growth = check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
-        stride = check_int(FAMILY, "stride", stride, low=1)
-        self.hparams: dict[str, Any] = {
-            "in_channels": in_channels,
-            "n_classes": n_classes,
-            "width": width,
-            "depth": depth,
-            "kernel_size": kernel_size,
-            "dropout": dropout,
-            "growth": growth,
-            "stride": stride,
-            "stem_stride": stem_stride,
-        }
+    FAMILY: ClassVar[str] = FAMILY
+    RULES: ClassVar[Mapping[str, Rule]] = {**COMMON_RULES, "growth": GROWTH, "stride": Int(low=1)}
 
-        self.stem = ConvBNAct(in_channels, width, stem_kernel(kernel_size, stem_stride), stride=stem_stride)
+    width: int = 16
+    depth: int = 4
+    kernel_size: int = 7
+    dropout: float = 0.1
+    growth: float = 1.5
+    stride: int = 2
+    stem_stride: int = 4
+
+
+class ResNet1D(StemBlocksHead):
+    """1D ResNet: stem conv, ``depth`` basic blocks, GAP, linear head (:class:`ResNet1DHparams`)."""
+
+    def __init__(self, hp: ResNet1DHparams) -> None:
+        super().__init__()
+        self.hparams: dict[str, Any] = hp.as_dict()
+        self.stem = strided_stem(hp.in_channels, hp.width, hp.kernel_size, hp.stem_stride)
         blocks: list[nn.Module] = []
-        channels = width
-        for i in range(depth):
-            out = scaled_channels(width, growth, i + 1)
-            blocks.append(BasicBlock1D(channels, out, kernel_size, stride))
+        channels = hp.width
+        for i in range(hp.depth):
+            out = scaled_channels(hp.width, hp.growth, i + 1)
+            blocks.append(BasicBlock1D(channels, out, hp.kernel_size, hp.stride))
             channels = out
         self.blocks = nn.Sequential(*blocks)
-        self.head = ClassifierHead(channels, n_classes, dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, C, T)`` signals to ``(B, n_classes)`` logits."""
-        return self.head(self.blocks(self.stem(x)))
+        self.head = ClassifierHead(channels, hp.n_classes, hp.dropout)

@@ -8,20 +8,15 @@ dominant pointwise cost by ``groups``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from atml.models._blocks import (
-    ClassifierHead,
-    ConvBNAct,
-    check_common,
-    check_float,
-    check_int,
-    scaled_channels,
-    stem_kernel,
-)
+from atml.models.blocks import ClassifierHead, ConvBNAct, StemBlocksHead, scaled_channels, strided_stem
+from atml.models.hparams import COMMON_RULES, GROWTH, Hparams, Int, Rule
 
 FAMILY = "sepnet"
 
@@ -88,10 +83,11 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_skip else y
 
 
-class SepNet(nn.Module):
-    """Depthwise-separable CNN: stem, ``depth`` stages of two inverted residuals.
+@dataclass(frozen=True, kw_only=True)
+class SepNetHparams(Hparams):
+    """Hyperparameters of :class:`SepNet`.
 
-    Parameters
+    Attributes
     ----------
     in_channels, n_classes:
         Number of ECG leads and of output classes.
@@ -116,61 +112,35 @@ class SepNet(nn.Module):
         Downsampling of the stem conv.
     """
 
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        n_classes: int,
-        width: int = 12,
-        depth: int = 4,
-        kernel_size: int = 9,
-        dropout: float = 0.1,
-        expansion: int = 2,
-        groups: int = 1,
-        growth: float = 1.5,
-        stem_stride: int = 8,
-    ) -> None:
-        super().__init__()
-        in_channels, n_classes, width, depth, kernel_size, dropout, stem_stride = check_common(
-            FAMILY,
-            in_channels=in_channels,
-            n_classes=n_classes,
-            width=width,
-            depth=depth,
-            kernel_size=kernel_size,
-            dropout=dropout,
-            stem_stride=stem_stride,
-        )
-        expansion = check_int(FAMILY, "expansion", expansion, low=1)
-        groups = check_int(FAMILY, "groups", groups, low=1)
-        growth = check_float(FAMILY, "growth", growth, low=1.0, high=4.0, high_inclusive=True)
-        self.hparams: dict[str, Any] = {
-            "in_channels": in_channels,
-            "n_classes": n_classes,
-            "width": width,
-            "depth": depth,
-            "kernel_size": kernel_size,
-            "dropout": dropout,
-            "expansion": expansion,
-            "groups": groups,
-            "growth": growth,
-            "stem_stride": stem_stride,
-        }
+    FAMILY: ClassVar[str] = FAMILY
+    RULES: ClassVar[Mapping[str, Rule]] = {
+        **COMMON_RULES, "expansion": Int(low=1), "groups": Int(low=1), "growth": GROWTH,
+    }
 
-        channels = scaled_channels(width, 1.0, 0, divisor=groups)
-        self.stem = ConvBNAct(
-            in_channels, channels, stem_kernel(kernel_size, stem_stride), stride=stem_stride
-        )
+    width: int = 12
+    depth: int = 4
+    kernel_size: int = 9
+    dropout: float = 0.1
+    expansion: int = 2
+    groups: int = 1
+    growth: float = 1.5
+    stem_stride: int = 8
+
+
+class SepNet(StemBlocksHead):
+    """Depthwise-separable CNN: stem, ``depth`` stages of two inverted residuals (:class:`SepNetHparams`)."""
+
+    def __init__(self, hp: SepNetHparams) -> None:
+        super().__init__()
+        self.hparams: dict[str, Any] = hp.as_dict()
+        channels = scaled_channels(hp.width, 1.0, 0, divisor=hp.groups)
+        self.stem = strided_stem(hp.in_channels, channels, hp.kernel_size, hp.stem_stride)
         blocks: list[nn.Module] = []
-        for i in range(depth):
-            out = scaled_channels(width, growth, i + 1, divisor=groups)
-            common = {"kernel_size": kernel_size, "expansion": expansion, "groups": groups}
+        common = {"kernel_size": hp.kernel_size, "expansion": hp.expansion, "groups": hp.groups}
+        for i in range(hp.depth):
+            out = scaled_channels(hp.width, hp.growth, i + 1, divisor=hp.groups)
             blocks.append(InvertedResidual(channels, out, stride=2, **common))
             blocks.append(InvertedResidual(out, out, stride=1, **common))
             channels = out
         self.blocks = nn.Sequential(*blocks)
-        self.head = ClassifierHead(channels, n_classes, dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, C, T)`` signals to ``(B, n_classes)`` logits."""
-        return self.head(self.blocks(self.stem(x)))
+        self.head = ClassifierHead(channels, hp.n_classes, hp.dropout)

@@ -1,4 +1,9 @@
 """ONNX: conversion, runtime, sidecar, export of a trial, evaluation, final fit.
 
-Import the submodules: :mod:`atml.onnx.evaluate` loads no torch.
+Modules: :mod:`~atml.onnx.convert` (torch model -> verified ONNX bytes, int8),
+:mod:`~atml.onnx.runtime` (onnxruntime sessions, latency), :mod:`~atml.onnx.sidecar` (the
+JSON sidecar's schema, built and read), :mod:`~atml.onnx.export` (a study's trial -> files),
+:mod:`~atml.onnx.evaluate` (``atml evaluate``) and :mod:`~atml.onnx.refit` (refit, ensembles).
+Import the submodules: runtime, sidecar and evaluate load no torch; convert imports no
+:mod:`atml.trial` (the trial sizes its models with it).
 """

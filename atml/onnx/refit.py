@@ -33,6 +33,7 @@ from atml.errors import ExportError
 from atml.models import build_model
 from atml.models.ensemble import MeanLogits
 from atml.train import TrainConfig, fit
+from atml.trial import attributes
 
 __all__ = ["FinalFit", "final_model"]
 
@@ -82,7 +83,7 @@ def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np
     x_val, y_val = tensors(val_idx)
     extra: dict[str, Any] = {"metric": st.metric, "direction": st.direction, "task": task}
     if refit:
-        best = ref.user_attrs.get("best_epoch")
+        best = ref.user_attrs.get(attributes.BEST_EPOCH)
         if not isinstance(best, int) or best < 0:
             raise ExportError(f"trial #{ref.number} has no best_epoch to refit for")
         epochs = best + 1

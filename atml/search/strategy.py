@@ -18,6 +18,7 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial
 
 from atml.config import StudySettings, sampler_class, trial_seed
+from atml.trial.pruning import MEDIAN_STARTUP_TRIALS, MEDIAN_WARMUP_STEPS
 
 __all__ = ["make_sampler", "make_pruner", "PerTrialSeedSampler"]
 
@@ -86,12 +87,17 @@ def make_sampler(settings: StudySettings) -> BaseSampler:
 
 
 def make_pruner(settings: StudySettings, epochs: int) -> optuna.pruners.BasePruner:
-    """Build the pruner named in ``study.pruner``; resources are epochs."""
+    """Build the pruner named in ``study.pruner``; resources are epochs.
+
+    Optuna's pruners serve single-objective studies; several objectives are pruned by
+    :func:`atml.trial.median_rule` inside the objective.
+    """
     cfg = {k: v for k, v in settings.pruner.items() if k != "type"}
     kind = settings.pruner["type"]
     if kind == "median":
-        cfg.setdefault("n_startup_trials", 4)
-        cfg.setdefault("n_warmup_steps", 2)
+        # The same defaults as the median rule that prunes multi-objective studies.
+        cfg.setdefault("n_startup_trials", MEDIAN_STARTUP_TRIALS)
+        cfg.setdefault("n_warmup_steps", MEDIAN_WARMUP_STEPS)
         return optuna.pruners.MedianPruner(**cfg)
     if kind == "percentile":
         cfg.setdefault("percentile", 50.0)

@@ -9,7 +9,6 @@ at a time.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -22,22 +21,24 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from atml.config import SearchSpace, space_from_dict
-from atml.errors import StorageError
-from atml.gate import STOP_ATTR, AvoidEntry, add_avoid, clean_partial
+from atml import records
+from atml.config import SearchSpace, space_from_stored
+from atml.errors import DataError, StorageError
+from atml.gate import AvoidEntry, add_avoid, clean_partial
 from atml.search.strategy import make_pruner, make_sampler
-from atml.storage import SPACE_ATTR, Backoff, is_transient, open_storage, retrying, study_names, worker_id
-from atml.train import Interrupted
-from atml.trial import DataVariants, Objective, data_spec, prepare_data, was_skipped
+from atml.storage import Backoff, is_transient, open_storage, retrying, study_names, worker_id
+from atml.train import Interrupted, TrainConfig
+from atml.trial import DataVariants, Objective, data_spec, prepare_data
 
-__all__ = ["WorkerOptions", "run_worker", "load_study_space", "budget_left", "preload", "STOP_ATTR", "DEADLINE_ATTR",
+__all__ = ["WorkerOptions", "StopFlag", "OverBudget", "run_worker", "load_study_space", "budget_left", "preload",
            "COUNTED"]
 
 log = logging.getLogger(__name__)
 
-
-DEADLINE_ATTR = "atml.deadline"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # states that use up n_trials (unless "skipped")
+
+
+OVER_BUDGET = "over budget"  # how the reason on such a trial begins
 
 
 class OverBudget(Exception):
@@ -79,25 +80,26 @@ def load_study_space(storage: Any, name: str) -> SearchSpace:
         raise StorageError(f"study {name!r} not found in storage (studies: {known})")
     sid = storage.get_study_id_from_name(name)
     attrs = storage.get_study_user_attrs(sid)
-    if SPACE_ATTR not in attrs:
+    stored = records.stored_space(attrs)
+    if stored is None:
         raise StorageError(f"study {name!r} was not created by atml search (no stored search space)")
-    stored = json.loads(attrs[SPACE_ATTR])
-    return space_from_dict(stored["raw"], source=stored["source"], check_paths=False)
+    return space_from_stored(stored, check_build=True)  # the worker builds the models anyway
 
 
 def budget_left(study: optuna.Study, space: SearchSpace) -> tuple[bool, str | None]:
     """Whether another trial may start, and if not, why the study is over."""
     attrs = study.user_attrs
-    if attrs.get(STOP_ATTR):
-        return False, attrs[STOP_ATTR]
-    deadline = attrs.get(DEADLINE_ATTR)
+    stopped = records.stop_reason(attrs)
+    if stopped:
+        return False, stopped
+    deadline = records.deadline(attrs)
     if deadline is not None and time.time() >= deadline:
         return False, f"timeout reached ({space.budget.timeout:g} s)"
     n = space.budget.n_trials
     if n is not None:
         trials = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING))
-        skipped = sum(was_skipped(t) for t in trials)
-        trials = [t for t in trials if not was_skipped(t)]
+        skipped = sum(records.was_skipped(t) for t in trials)
+        trials = [t for t in trials if not records.was_skipped(t)]
         done = sum(t.state in COUNTED for t in trials)
         if done >= n:
             return False, f"n_trials reached ({n})"
@@ -108,7 +110,9 @@ def budget_left(study: optuna.Study, space: SearchSpace) -> tuple[bool, str | No
     return True, None
 
 
-class _StopFlag:
+class StopFlag:
+    """Set by SIGINT/SIGTERM: the running trial ends as failed and the worker stops (a second signal: now)."""
+
     def __init__(self) -> None:
         self.event = threading.Event()
 
@@ -136,7 +140,7 @@ def preload() -> None:
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
 
 
-def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
+def run_worker(opts: WorkerOptions, stop: StopFlag | None = None) -> int:
     """Run trials of ``opts.study`` until its budget is spent; returns trials run here."""
     import torch
 
@@ -146,7 +150,7 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
     except RuntimeError:  # already set in this process
         pass
     if stop is None:
-        stop = _StopFlag()
+        stop = StopFlag()
         stop.install()
     storage = open_storage(
         opts.storage, heartbeat=True, heartbeat_interval=opts.heartbeat_interval,
@@ -155,13 +159,11 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
     space = load_study_space(storage, opts.study)
     spec = data_spec(space.data, opts.data_path)
     if spec.path is not None and not Path(spec.path).exists():
-        from atml.errors import DataError
-
         raise DataError(f"data path {spec.path} does not exist on this machine (pass --data)")
     cache = Path(opts.artifacts) / "cache"
     data = DataVariants(space.data, opts.data_path, cache) if space.data_params else prepare_data(spec, cache)
     clean_partial(Path(opts.artifacts) / opts.study / "gate")
-    epochs = int(space.train_fixed.get("epochs", 20))
+    epochs = int(space.train_fixed.get("epochs", TrainConfig.epochs))
     study = optuna.load_study(
         study_name=opts.study, storage=storage,
         sampler=make_sampler(space.study), pruner=make_pruner(space.study, epochs),
@@ -169,18 +171,18 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
     objective = Objective(space, data, opts.artifacts, should_stop=stop, artifact_store=opts.artifact_store)
 
     def guarded(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr(records.WORKER, worker_id())
         n = space.budget.n_trials
         if n is not None:
             # WAITING too: a retry of a dead worker's trial queued before this one will run.
             ahead = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING, TrialState.WAITING))
-            if sum(t.number < trial.number and not was_skipped(t) for t in ahead) >= n:
-                trial.set_user_attr("reason", "over budget: the last slot was taken by another worker")
+            if sum(t.number < trial.number and not records.was_skipped(t) for t in ahead) >= n:
+                records.set_reason(trial, f"{OVER_BUDGET}: the last slot was taken by another worker")
                 raise OverBudget(f"trial {trial.number} is past the budget of {n}")
         try:
             return objective(trial)
         except Interrupted:
-            trial.set_user_attr("reason", "interrupted: the worker was stopped")
+            records.set_reason(trial, "interrupted: the worker was stopped")
             raise
         except (optuna.TrialPruned, OverBudget):
             raise
@@ -188,7 +190,7 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
             if isinstance(e, (StorageError, optuna.exceptions.UpdateFinishedTrialError)) or is_transient(e):
                 raise  # the storage failed (or another worker failed this trial), not these parameters
             reason = f"crashed: {type(e).__name__}: {str(e)[:200]}"
-            trial.set_user_attr("reason", reason)
+            records.set_reason(trial, reason)
             if trial.params:
                 add_avoid(study, AvoidEntry(trial.number, dict(trial.params), reason))
             raise
@@ -213,8 +215,8 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
                         retrying(optuna.storages.fail_stale_trials, study, what="stale trial check")
                     stop.event.wait(min(0.5, opts.heartbeat_interval))
                     continue
-                if not retrying(lambda: study.user_attrs.get(STOP_ATTR), what="stop reason"):
-                    retrying(study.set_user_attr, STOP_ATTR, reason, what="stop reason")
+                if not retrying(lambda: records.stop_reason(study.user_attrs), what="stop reason"):
+                    retrying(study.set_user_attr, records.STOP, reason, what="stop reason")
                 break
             finished.clear()
             broken = False
@@ -234,7 +236,7 @@ def run_worker(opts: WorkerOptions, stop: _StopFlag | None = None) -> int:
                 outage.reset()
             ran += 1
             ft = finished[-1] if finished else None
-            if ft is not None and ft.user_attrs.get("reason", "").startswith("over budget"):
+            if ft is not None and (records.reason(ft) or "").startswith(OVER_BUDGET):
                 continue
             failures = failures + 1 if broken or (ft is not None and ft.state == TrialState.FAIL) else 0
             if failures >= opts.max_failures:

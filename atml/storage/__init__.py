@@ -1,23 +1,24 @@
-"""Storage URLs -> Optuna storages (SQLite, PostgreSQL, gRPC proxy), retries, listing."""
+"""Storage URLs -> Optuna storages (SQLite, PostgreSQL, gRPC proxy), retries, listing.
+
+Submodules: :mod:`~atml.storage.urls` (URLs, SQLite/PostgreSQL preparation),
+:mod:`~atml.storage.retry` (transient errors, backoff), :mod:`~atml.storage.resilient`
+(the wrapper every opened storage is), :mod:`~atml.storage.open` (``open_storage``),
+:mod:`~atml.storage.proxy` (gRPC proxy server), :mod:`~atml.storage.listing` and
+:mod:`~atml.storage.optuna_internals` (the one adapter over Optuna's private ids).
+Importing this package loads no Optuna.
+"""
 
 from __future__ import annotations
 
-from atml.storage.core import (  # noqa: F401
-    DEFAULT_STORAGE,
-    RETRY_WAIT,
-    SPACE_ATTR,
-    Backoff,
-    StudySummary,
-    default_artifacts,
-    is_transient,
-    list_studies,
-    open_storage,
-    redact,
-    retrying,
-    run_storage_proxy,
-    sqlite_path,
-    study_names,
-    worker_id,
-)
+from atml.storage.listing import StudySummary, list_studies, study_names
+from atml.storage.open import open_storage
+from atml.storage.proxy import run_storage_proxy
+from atml.storage.retry import RETRY_WAIT, Backoff, is_transient, retrying
+from atml.storage.urls import DEFAULT_STORAGE, default_artifacts, redact, sqlite_path, worker_id
 
-__all__ = ['DEFAULT_STORAGE', 'SPACE_ATTR', 'RETRY_WAIT', 'sqlite_path', 'is_transient', 'Backoff', 'retrying', 'open_storage', 'run_storage_proxy', 'redact', 'StudySummary', 'study_names', 'list_studies', 'default_artifacts', 'worker_id']
+__all__ = [
+    "DEFAULT_STORAGE", "RETRY_WAIT", "sqlite_path", "redact", "default_artifacts", "worker_id",
+    "is_transient", "Backoff", "retrying",
+    "open_storage", "run_storage_proxy",
+    "StudySummary", "study_names", "list_studies",
+]

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from atml.dashboard import sql
 from atml.dashboard.reader import StudyReader
 from atml.storage import open_storage
+from atml.storage.optuna_internals import trial_id
 
 
 def test_bulk_read_equals_get_all_trials(searched):
@@ -22,8 +23,8 @@ def test_bulk_read_equals_get_all_trials(searched):
     want = storage.get_all_trials(sid, deepcopy=False)
     got = sql.bulk_trials(storage.engine, reader._tables, sid)
     assert got == want
-    assert [t._trial_id for t in got] == [t._trial_id for t in want]
-    some = [want[0]._trial_id, want[-1]._trial_id]
+    assert [trial_id(t) for t in got] == [trial_id(t) for t in want]
+    some = [trial_id(want[0]), trial_id(want[-1])]
     assert sql.bulk_trials(storage.engine, reader._tables, sid, trial_ids=some) == [want[0], want[-1]]
 
 
@@ -76,7 +77,7 @@ def test_heartbeat_ages(sqlite_url):
     snap = reader.snapshot("hb")
     running = [t for t in snap.trials if t.state == TrialState.RUNNING][0]
     assert reader.heartbeat_ages(snap) == {}
-    storage.record_heartbeat(running._trial_id)
+    storage.record_heartbeat(trial_id(running))
     ages = reader.heartbeat_ages(snap)
     assert list(ages) == [running.number] and 0 <= ages[running.number] < 60
 

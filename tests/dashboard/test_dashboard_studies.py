@@ -8,7 +8,8 @@ import pytest
 from dash_helpers import TestClient, make_study
 
 from atml.dashboard import create_app
-from atml.storage import open_storage
+from atml.storage import open_storage, sqlite_path
+from atml.storage.optuna_internals import trial_id
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_running_trials_and_heartbeats(shapes):
     storage = open_storage(url)
     sid = storage.get_study_id_from_name("busy")
     running = [t for t in storage.get_all_trials(sid) if t.state == optuna.trial.TrialState.RUNNING]
-    storage.record_heartbeat(running[0]._trial_id)
+    storage.record_heartbeat(trial_id(running[0]))
     c.app.state.ctx.reader.invalidate("busy")
     s = c.get("/api/studies/busy/summary").json()
     assert s["counts"]["RUNNING"] == 2
@@ -102,3 +103,18 @@ def test_allowed_hosts(shapes):
     with TestClient(create_app(url, allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://127.0.0.1:8080") as c:
         assert c.get("/api/health").status_code == 200
         assert c.get("/api/health", headers={"Host": "evil.example:8080"}).status_code == 400
+
+
+def test_app_over_a_storage_object(shapes):
+    _, url = shapes
+    with TestClient(create_app(open_storage(url), token="")) as c:
+        assert c.get("/api/health").json()["storage"] == url
+        assert c.app.state.ctx.artifacts == sqlite_path(url).parent.resolve(), "beside the SQLite file, as for a URL"
+        assert {r["name"] for r in c.get("/api/studies").json()} >= {"sized", "two"}
+    mem = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=mem, study_name="mem")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    with TestClient(create_app(mem, token="")) as c:
+        assert c.get("/api/health").json()["storage"] == "InMemoryStorage"
+        assert c.get("/api/studies/mem/summary").json()["total"] == 3
+        assert c.get("/studies/mem").status_code == 200

@@ -151,3 +151,17 @@ def test_enqueue_searched_preprocessing(writer, sqlite_url):
         r = writer.post("/api/studies/pre/enqueue", json={"params": bad}, headers=AUTH)
         assert r.status_code == 422, (bad, r.text)
     assert r.json()["detail"].startswith("params.data.window: must be one of [2.5, 5.0]")
+
+
+def test_enqueue_without_a_readable_space(writer, sqlite_url):
+    """No stored space, or one this version rejects: the trials' distributions say what is known."""
+    make_study(sqlite_url, "nospace", n=2, space=False)
+    old = make_study(sqlite_url, "old", n=2)
+    raw = json.loads(old.user_attrs["atml.space"])["raw"]
+    old.set_user_attr("atml.space", json.dumps({"source": "space.yaml", "raw": {**raw, "retired_section": {}}}))
+    for name in ("nospace", "old"):
+        writer.app.state.ctx.reader.invalidate(name)
+        ok = writer.post(f"/api/studies/{name}/enqueue", json={"params": {"afnet.width": 6}}, headers=AUTH)
+        assert ok.status_code == 201, (name, ok.text)
+        r = writer.post(f"/api/studies/{name}/enqueue", json={"params": {"afnet.width": 7}}, headers=AUTH)
+        assert r.status_code == 422 and r.json()["detail"] == "params.afnet.width: must be in [4, 6], got 7", r.text

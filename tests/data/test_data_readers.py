@@ -52,6 +52,13 @@ def test_detect_format(txt_sample: Path, train_npz: Path, tmp_path: Path) -> Non
         detect_format(tmp_path / "missing")
 
 
+def test_iesd_text_files_win_over_wfdb_files_in_detection(copy_sample) -> None:
+    folder = copy_sample(n=3)
+    (folder / "REFERENCE.csv").write_text("A0001,N\n")  # a CinC 2017 marker
+    (folder / "A0001.hea").write_text("A0001 1 300 9000\n")
+    assert detect_format(folder) == "iesd_txt"
+
+
 def test_npz_stream_applies_gain(train_npz: Path) -> None:
     with NpzStream(train_npz) as stream:
         assert stream.shape == (50000, 1250)

@@ -28,7 +28,7 @@ from atml.data import (
     read_wfdb_rhythm,
     subject_split,
 )
-from atml.data.wfdb_io import read_header, read_signal
+from atml.data.readers.wfdb_io import read_header, read_signal
 from atml.errors import DataError
 
 # wfdb 4.3 calls pandas with inplace=True, which pandas 3 deprecates: noise, not our code.

@@ -246,7 +246,7 @@ def test_smallest_afnet_is_tiny() -> None:
 def test_rhythm_branch_tells_a_regular_beat_from_an_irregular_one() -> None:
     """The autocorrelation the AFNet rhythm branch reads peaks at the beat period of a
     regular spike train and stays low at every lag for an irregular one."""
-    from atml.models._blocks import RhythmFeatures
+    from atml.models.blocks import RhythmFeatures
 
     rf = RhythmFeatures(1, 1, lags=24, hidden=4)
     with torch.no_grad():

@@ -1,0 +1,206 @@
+"""A storage that rides out outages: an Optuna ``BaseStorage`` wrapping another by composition.
+
+Reads and idempotent writes (upserts) are retried with :func:`~atml.storage.retry.retrying`
+for ``retry_wait`` seconds; finishing a trial is retried and a retry whose earlier attempt
+did commit counts as a success; a heartbeat that cannot be written is logged instead of
+killing Optuna's heartbeat thread. Every other ``BaseStorage`` method is passed through.
+
+An RDB backend sits behind the cache Optuna itself puts in front of one: ``create_study``
+and ``load_study`` add that cache only to an ``RDBStorage`` instance, which this wrapper
+is not, and without it every sampler call would read the whole study.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Container, Sequence
+from typing import Any, TypeVar
+
+from optuna.distributions import BaseDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from atml.storage.optuna_internals import BaseHeartbeat, FrozenStudy, cached
+from atml.storage.retry import first_line, is_transient, retrying
+
+__all__ = ["ResilientStorage"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ResilientStorage(BaseStorage, BaseHeartbeat):
+    """``backend`` (an ``RDBStorage`` or ``GrpcStorageProxy``) with retried reads and
+    idempotent writes, a retried trial finish and a heartbeat that never raises.
+
+    ``retry_wait`` is how long a call rides out an outage (0: no retries, errors reach
+    the caller at once). Trial creation is not retried: it is not idempotent (a retried
+    insert whose first commit went through would leave a RUNNING trial nobody owns);
+    Optuna retries it itself and the worker loop retries the rest. Heartbeats are on
+    when the backend has them (Optuna asks ``get_heartbeat_interval``)."""
+
+    def __init__(self, backend: BaseStorage, *, retry_wait: float) -> None:
+        self.backend = backend
+        self.retry_wait = retry_wait
+        self._store = cached(backend)
+        self._hb_logged: float | None = None
+
+    @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine of an RDB backend, for bulk reads of Optuna's tables
+        (AttributeError for a gRPC proxy, which has none)."""
+        return self.backend.engine
+
+    def _retry(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.retry_wait <= 0:
+            return fn(*args)
+        return retrying(fn, *args, what=f"storage.{fn.__name__}", max_wait=self.retry_wait)
+
+    # -- studies --------------------------------------------------------------------------
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        return self._store.create_new_study(directions, study_name)
+
+    def delete_study(self, study_id: int) -> None:
+        self._store.delete_study(study_id)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._retry(self._store.set_study_user_attr, study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._retry(self._store.set_study_system_attr, study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._retry(self._store.get_study_id_from_name, study_name)
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._retry(self._store.get_study_name_from_id, study_id)
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self._retry(self._store.get_study_directions, study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._retry(self._store.get_study_user_attrs, study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._retry(self._store.get_study_system_attrs, study_id)
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        return self._retry(self._store.get_all_studies)
+
+    # -- trials ---------------------------------------------------------------------------
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._store.create_new_trial(study_id, template_trial)
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
+                        distribution: BaseDistribution) -> None:
+        self._retry(self._store.set_trial_param, trial_id, param_name, param_value_internal, distribution)
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self._retry(self._store.get_trial_id_from_study_id_trial_number, study_id, trial_number)
+
+    def get_trial_number_from_id(self, trial_id: int) -> int:
+        return self._retry(self._store.get_trial_number_from_id, trial_id)
+
+    def get_trial_param(self, trial_id: int, param_name: str) -> float:
+        return self._retry(self._store.get_trial_param, trial_id, param_name)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState,
+                               values: Sequence[float] | None = None) -> bool:
+        """Finish (or start) a trial; finishing is retried, and a retry whose earlier
+        attempt did commit is a success."""
+        # RUNNING (popping a WAITING trial) is left alone: a blind retry could hand the
+        # same trial to two workers.
+        if self.retry_wait <= 0 or not state.is_finished():
+            return self._store.set_trial_state_values(trial_id, state, values)
+        tries = 0
+
+        def attempt() -> bool:
+            nonlocal tries
+            tries += 1
+            if tries > 1:
+                t = self.get_trial(trial_id)
+                if t.state.is_finished():
+                    # Ours if the values match. A FAIL cannot be told apart from another
+                    # worker's stale-trial check: report it as taken, so no second retry.
+                    if t.state == state and state.name != "FAIL" and (values is None or t.values == list(values)):
+                        return True
+                    raise UpdateFinishedTrialError(f"trial {t.number} already finished as {t.state.name}")
+            return self._store.set_trial_state_values(trial_id, state, values)
+
+        return retrying(attempt, what="storage.set_trial_state_values", max_wait=self.retry_wait)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._retry(self._store.set_trial_intermediate_value, trial_id, step, intermediate_value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._retry(self._store.set_trial_user_attr, trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._retry(self._store.set_trial_system_attr, trial_id, key, value)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._retry(self._store.get_trial, trial_id)
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True,
+                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        return self._retry(self._store.get_all_trials, study_id, deepcopy, states)
+
+    def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None) -> int:
+        return self._retry(self._store.get_n_trials, study_id, state)
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        return self._retry(self._store.get_best_trial, study_id)
+
+    def get_trial_params(self, trial_id: int) -> dict[str, Any]:
+        return self._retry(self._store.get_trial_params, trial_id)
+
+    def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self._retry(self._store.get_trial_user_attrs, trial_id)
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self._retry(self._store.get_trial_system_attrs, trial_id)
+
+    def remove_session(self) -> None:
+        self._store.remove_session()
+
+    def check_trial_is_updatable(self, trial_id: int, trial_state: TrialState) -> None:
+        self._store.check_trial_is_updatable(trial_id, trial_state)
+
+    # -- heartbeat ------------------------------------------------------------------------
+    def _heartbeat(self) -> BaseHeartbeat | None:
+        """The backend's heartbeat side; None for one without (the gRPC proxy)."""
+        return self._store if isinstance(self._store, BaseHeartbeat) else None
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Record a heartbeat; one that cannot be written is logged, never raised:
+        Optuna's heartbeat thread would die, and the live trial be failed as stale by
+        other workers."""
+        hb = self._heartbeat()
+        if hb is None:
+            return
+        try:
+            hb.record_heartbeat(trial_id)
+        except Exception as e:
+            now = time.monotonic()
+            if self._hb_logged is None or now - self._hb_logged >= 30:
+                self._hb_logged = now
+                log.warning("heartbeat of trial id %d not recorded (%s); trying again in %s s",
+                            trial_id, first_line(e), self.get_heartbeat_interval() or "?",
+                            exc_info=not is_transient(e))
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # Part of BaseHeartbeat's interface, private in Optuna: passed on as it is.
+        hb = self._heartbeat()
+        return [] if hb is None else self._retry(hb._get_stale_trial_ids, study_id)
+
+    def get_heartbeat_interval(self) -> int | None:
+        hb = self._heartbeat()
+        return None if hb is None else hb.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[[Study, FrozenTrial], None] | None:
+        hb = self._heartbeat()
+        return None if hb is None else hb.get_heartbeat_stale_trial_callback()

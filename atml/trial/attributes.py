@@ -1,0 +1,55 @@
+"""What a trial records on itself (Optuna trial user attributes), written here.
+
+The keys shared with every reader of a study (why a trial ended, whether it was skipped,
+which worker ran it) live in :mod:`atml.records`; these are the trial's own measurements:
+its size, its training result and per-epoch history, its checkpoint and the gate's verdict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atml.train import TrainResult
+
+__all__ = [
+    "N_PARAMS", "ONNX_KB", "AVOIDED_BY", "METRICS", "BEST_EPOCH", "EPOCHS_RUN", "STOPPED_EARLY", "HISTORY",
+    "CHECKPOINT", "EPOCH_SECONDS", "TRIAL_SECONDS", "GATE", "GATE_RESULT", "GATE_FOLDER",
+    "record_history", "record_result", "history",
+]
+
+N_PARAMS = "n_params"  # trainable parameters of the built model
+ONNX_KB = "onnx_kb"  # size of its ONNX export, measured before training
+AVOIDED_BY = "avoided_by"  # number of the avoid-list trial whose neighbourhood it fell in
+METRICS = "metrics"  # validation metrics of the kept epoch
+BEST_EPOCH = "best_epoch"
+EPOCHS_RUN = "epochs_run"
+STOPPED_EARLY = "stopped_early"
+HISTORY = "history"  # per epoch: train_loss, val_loss and the study metric (the multi-objective median rule reads it)
+CHECKPOINT = "checkpoint"  # path of model.pt relative to <artifacts>/<study>
+EPOCH_SECONDS = "epoch_seconds"
+TRIAL_SECONDS = "trial_seconds"
+GATE = "gate"  # {"lo": lowest, "hi": highest gate metric}
+GATE_RESULT = "gate_result"  # what the gate did with it, one line
+GATE_FOLDER = "gate_folder"  # name of the folder it was filed in
+
+
+def record_history(trial: Any, epochs: list[dict[str, float]]) -> None:
+    trial.set_user_attr(HISTORY, epochs)
+
+
+def history(trial: Any) -> list[dict[str, float]]:
+    """The per-epoch history stored on ``trial`` (empty when none)."""
+    return trial.user_attrs.get(HISTORY) or []
+
+
+def record_result(trial: Any, res: TrainResult, metrics: dict[str, float], epochs: list[dict[str, float]],
+                  checkpoint: str, trial_seconds: float) -> None:
+    """What a trained trial keeps: its metrics, epochs, history, checkpoint and timings."""
+    trial.set_user_attr(METRICS, metrics)
+    trial.set_user_attr(BEST_EPOCH, res.best_epoch)
+    trial.set_user_attr(EPOCHS_RUN, res.epochs_run)
+    trial.set_user_attr(STOPPED_EARLY, res.stopped_early)
+    record_history(trial, epochs)
+    trial.set_user_attr(CHECKPOINT, checkpoint)
+    trial.set_user_attr(EPOCH_SECONDS, round(res.epoch_seconds, 3))
+    trial.set_user_attr(TRIAL_SECONDS, round(trial_seconds, 3))

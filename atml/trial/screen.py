@@ -1,0 +1,63 @@
+"""Checks a trial passes before it is trained: the avoid list, the size limit, the constraints.
+
+A trial that fails one ends at once as PRUNED (the sampler ranks it among the worst) and is
+marked skipped, so it does not use up the budget.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import optuna
+import torch
+
+from atml import gate as g
+from atml import records
+from atml.config import Param, SearchSpace
+from atml.models import count_parameters
+from atml.onnx.convert import onnx_size_kb
+from atml.trial import attributes
+from atml.trial.data import PreparedData
+
+__all__ = ["skip", "check_avoid", "check_size"]
+
+
+def skip(trial: optuna.Trial, reason: str, avoid: bool = False) -> NoReturn:
+    """End ``trial`` without training; ``avoid`` also puts its point on the avoid list."""
+    records.mark_skipped(trial, reason)
+    if avoid:
+        g.add_avoid(trial.study, g.AvoidEntry(trial.number, dict(trial.params), reason))
+    raise optuna.TrialPruned(reason)
+
+
+def check_avoid(trial: optuna.Trial, space: SearchSpace, param_index: dict[str, Param]) -> None:
+    """Skip a point inside the neighbourhood of an avoid-list entry."""
+    hit = g.find_match(trial.params, g.avoid_entries(trial.study.user_attrs), param_index, space.gate.radius)
+    if hit is not None:
+        trial.set_user_attr(attributes.AVOIDED_BY, hit.trial)
+        skip(trial, f"avoided: inside the neighbourhood of trial {hit.trial} ({hit.reason})")
+
+
+def check_size(trial: optuna.Trial, space: SearchSpace, model: torch.nn.Module, d: PreparedData) -> tuple[int, float]:
+    """Measure and record the model's size; skip it past the gate's size limit or a constraint.
+
+    Size is known before training: measured for every trial (the dashboard plots metric
+    against size) and a size limit rejects a model without training it. Returns
+    ``(parameters, ONNX KB)``.
+    """
+    n_params = count_parameters(model)
+    trial.set_user_attr(attributes.N_PARAMS, n_params)
+    onnx_kb = onnx_size_kb(model, d.n_leads, d.n_samples)
+    trial.set_user_attr(attributes.ONNX_KB, round(onnx_kb, 2))
+    cap = space.gate.max_onnx_kb
+    if cap is not None and onnx_kb > cap:
+        skip(trial, f"size limit: ONNX {onnx_kb:.1f} KB > max_onnx_kb {cap:g}", avoid=True)
+    for key, attr, unit in (("max_onnx_kb", onnx_kb, "KB ONNX"), ("max_params", n_params, "parameters")):
+        limit = space.study.constraints.get(key)
+        if limit is None:
+            continue
+        # Optuna's constraint handling: <= 0 is feasible; samplers rank violators last.
+        trial.set_constraint(key, float(attr) - limit)
+        if attr > limit:  # known before training: the violator is not trained
+            skip(trial, f"constraint: {attr:.1f} {unit} > {key} {limit:g}")
+    return n_params, onnx_kb
