@@ -48,3 +48,22 @@ def write_space(tmp_path: Path):
 @pytest.fixture
 def atml_cmd() -> list[str]:
     return [sys.executable, "-m", "atml"]
+
+
+# The PostgreSQL the postgres-marked tests use: a passwordless `postgres` user on
+# 127.0.0.1:5432 unless ATML_TEST_POSTGRES points elsewhere (a database URL atml accepts).
+PG_TEST_URL = os.environ.get("ATML_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """An existing PostgreSQL database for tests that make uniquely named studies in it."""
+    import psycopg
+
+    try:
+        psycopg.connect(PG_TEST_URL.replace("+psycopg", ""), connect_timeout=3).close()
+    except psycopg.OperationalError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_TEST_URL} is unreachable in CI: {e}")
+        pytest.skip(f"PostgreSQL at {PG_TEST_URL} is not reachable (set ATML_TEST_POSTGRES)")
+    return PG_TEST_URL

@@ -30,7 +30,7 @@ COMMANDS: Mapping[str, Command] = {c.name: c for c in (
     export.EXPORT, export.EVALUATE,
     dashboard.DASHBOARD,
     gate.AVOID, gate.GATE,
-    storage.STORAGE_PROXY,
+    storage.STORAGE_PROXY, storage.BACKUP,
 )}
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import sys
 from typing import Any
 
 from atml.cli.common import Command, add_storage_arg, env
@@ -51,10 +52,10 @@ def _search(args: argparse.Namespace) -> int:
         data_path=args.data, artifacts=args.artifacts, study=args.study, n_trials=args.n_trials,
         timeout=args.timeout, seed=args.seed, progress=not args.no_progress, verbose=args.verbose,
         artifact_store=args.artifact_store, heartbeat_interval=args.heartbeat, grace_period=args.grace,
-    ))
+    ), note=lambda line: print(line, file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps(res.__dict__, default=str, indent=2))
-    elif res.workers == 0:
+    elif res.workers == 0 and not res.already_spent:
         done = sum(v for k, v in res.counts.items() if k in ("COMPLETE", "PRUNED")) - res.skipped
         print(f"study {res.study} ready in {res.storage} ({done} trials finished so far)")
         from atml.storage import redact
@@ -62,7 +63,7 @@ def _search(args: argparse.Namespace) -> int:
         print(f"  workers join with: atml worker --storage {redact(res.storage)} --study {res.study}")
     else:
         print_summary(res)
-    if res.workers == 0:
+    if res.workers == 0 and not res.already_spent:
         return 0
     if res.interrupted:
         return 130
@@ -110,6 +111,10 @@ def format_summary(res: Any) -> str:
         f"{k} {_fmt(m[k])}" for k in ("f1", "accuracy", "precision", "recall", "auroc", "val_loss") if k in m))
     lines += [f"    {k} = {_fmt(v)}" for k, v in b["params"].items()]
     lines.append(f"    checkpoint: {b['checkpoint']}")
+    if str(res.data_source).startswith("synthetic"):
+        lines += ["  note: this ran on synthetic ECG (a demo: its figures say nothing about real recordings).",
+                  "    For real data: --data PATH, or a real-data space such as search_spaces/afib_iesd.yaml,",
+                  "    search_spaces/physionet2017.yaml, search_spaces/cpsc2021_af.yaml (see docs/datasets.md)."]
     return "\n".join(lines)
 
 

@@ -122,6 +122,8 @@ class Summary(BaseModel):
     timeout: float | None
     deadline: float | None
     stop_reason: str | None
+    end_reason: str | None = Field(default=None, description="why the study ended (stop reason, n_trials or "
+                                   "timeout reached); None while it has budget left or trials running")
     classes: list[str]
     atml: bool = Field(description="created by atml search (a search space is stored)")
     counts: dict[str, int]

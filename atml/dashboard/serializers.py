@@ -275,6 +275,20 @@ def _workers(snap: Snapshot, ages: dict[int, float]) -> list[dict[str, Any]]:
     return out
 
 
+def end_reason(stop_reason: str | None, n_trials: int | None, done: int, running: int,
+               deadline: float | None) -> str | None:
+    """Why a study has ended (None while it has budget left or trials running)."""
+    if stop_reason:
+        return stop_reason
+    if running:
+        return None
+    if n_trials and done >= n_trials:
+        return f"n_trials reached ({n_trials})"
+    if deadline is not None and deadline <= time.time():
+        return "timeout reached"
+    return None
+
+
 def summary(snap: Snapshot, *, ages: dict[int, float], artifacts: Path | None, since: str | None) -> dict[str, Any]:
     """Everything the study page header shows; cheap enough to poll every two seconds."""
     info = study_info(snap.ref)
@@ -283,7 +297,9 @@ def summary(snap: Snapshot, *, ages: dict[int, float], artifacts: Path | None, s
     done = c.get("COMPLETE", 0) + c.get("PRUNED", 0)
     n = info["n_trials"]
     deadline = info["deadline"]
-    left = None if deadline is None else max(0.0, round(deadline - time.time(), 1))
+    ended = end_reason(info["stop_reason"], n, done, c.get("RUNNING", 0), deadline)
+    # Time left only means something while the run that set the deadline is going on.
+    left = None if deadline is None or ended or not c.get("RUNNING", 0) else max(0.0, round(deadline - time.time(), 1))
     bt = snap.best
     has_size = snap.has_size
     return {
@@ -292,6 +308,7 @@ def summary(snap: Snapshot, *, ages: dict[int, float], artifacts: Path | None, s
         "changed": since != snap.version,
         "counts": dict(c),
         "total": len(snap.trials),
+        "end_reason": ended,
         "budget": {"n_trials": n, "done": done, "fraction": (min(1.0, done / n) if n else None),
                    "timeout": info["timeout"], "seconds_left": left},
         "best": trial_row(bt) if bt is not None else None,

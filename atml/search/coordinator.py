@@ -26,8 +26,8 @@ from atml.config import Budget, SearchSpace, load_space
 from atml.errors import DataError, SpaceError
 from atml.search.local import LocalWorkers, fail_orphans, stop_workers, tail, wait_any
 from atml.search.progress import Progress, poll
-from atml.search.worker import WorkerOptions
-from atml.storage import RETRY_WAIT, default_artifacts, open_storage
+from atml.search.worker import WorkerOptions, budget_left
+from atml.storage import RETRY_WAIT, checkpoint_sqlite, default_artifacts, open_storage
 from atml.trial import attributes, data_spec
 
 __all__ = ["SearchOptions", "SearchResult", "run_search", "default_artifacts", "check_data", "with_overrides",
@@ -71,9 +71,15 @@ class SearchResult:
     worker_logs: list[str] = field(default_factory=list)
     workers: int = 0  # local worker processes run (0: the study was only created or resumed)
     skipped: int = 0  # of the PRUNED trials: ended before training (size cap, avoid list), not budget
+    already_spent: str | None = None  # a resumed study whose budget was spent before this run: why
 
 
-def check_data(space: SearchSpace, data_path: str | None, artifacts: str) -> dict[str, Any]:
+def _quiet(_: str) -> None:
+    pass
+
+
+def check_data(space: SearchSpace, data_path: str | None, artifacts: str,
+               note: Callable[[str], None] = _quiet) -> dict[str, Any]:
     """Load (and cache) the data once and split it; raises DataError on bad data.
 
     A space that searches preprocessing settings has every variant preprocessed and
@@ -83,8 +89,15 @@ def check_data(space: SearchSpace, data_path: str | None, artifacts: str) -> dic
     from atml.data import load_dataset
 
     summary: dict[str, Any] = {}
-    for i, overrides in enumerate(space.data_variants()):
+    variants = space.data_variants()
+    for i, overrides in enumerate(variants):
         spec = data_spec(space.data_section(overrides), data_path)
+        what = spec.path if spec.path is not None else ("synthetic" if spec.format == "auto" else spec.format)
+        if len(variants) > 1:
+            shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+            note(f"checking data {what}: caching variant {i + 1}/{len(variants)} ({shown}) ...")
+        else:
+            note(f"checking data {what} ...")
         if spec.path is None and spec.format not in ("auto", "synthetic"):
             raise DataError(f"data.path: format {spec.format} reads a dataset on disk; set data.path or pass --data")
         ds = load_dataset(spec, Path(artifacts) / "cache")
@@ -188,19 +201,21 @@ def worker_argv(opts: SearchOptions, study: str, artifacts: str, storage_url: st
     return argv
 
 
-def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None] | None = None) -> SearchResult:
-    """Run a whole search; returns the summary (the CLI prints it)."""
+def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None] | None = None,
+               note: Callable[[str], None] = _quiet) -> SearchResult:
+    """Run a whole search; returns the summary (the CLI prints it). ``note`` hears one line per stage."""
     t0 = time.time()
     if opts.workers < 0:
         raise SpaceError(f"--workers must be >= 0 (got {opts.workers})")
     _stop_on_signals()
     workers = LocalWorkers(opts.workers, opts.threads)  # they import torch while we check
     try:
+        note(f"checking search space {opts.space_path} ...")
         space = with_overrides(load_space(opts.space_path), opts)
         if opts.data_path is not None and not Path(opts.data_path).exists():
             raise DataError(f"--data: no such file or directory: {opts.data_path}")
         artifacts = opts.artifacts or default_artifacts(opts.storage)
-        split = check_data(space, opts.data_path, artifacts)
+        split = check_data(space, opts.data_path, artifacts, note)
         storage, resumed = create_or_resume(space, opts.storage)
         name = space.study.name
         study = optuna.load_study(study_name=name, storage=storage)
@@ -208,9 +223,22 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
         study.set_user_attr(records.DEADLINE, time.time() + timeout if timeout is not None else None)
         log_dir = Path(artifacts) / name / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
+        left, why = budget_left(study, space) if resumed else (True, None)
     except BaseException:
         workers.cancel()
         raise
+    if not left and why is not None and opts.workers > 0:
+        workers.cancel()
+        note(f"study {name} resumed: its budget is already spent ({why}); raise it with --n-trials "
+             "(or --timeout) to run more trials")
+        final = poll(study, [])
+        return SearchResult(
+            study=name, storage=opts.storage, artifacts=artifacts, counts=final["counts"],
+            best=best_summary(study, artifacts), split=split, data_source=split.get("source", ""),
+            stop_reason=why, wall_seconds=time.time() - t0, skipped=final["skipped"], already_spent=why,
+        )
+    verb = "resumed" if resumed else "created"
+    note(f"study {name} {verb}; {opts.workers} workers starting" if opts.workers else f"study {name} {verb}")
     workers.go(worker_argv(opts, name, artifacts, opts.storage), log_dir)
     procs = workers.procs
     interrupted = False
@@ -232,6 +260,10 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
         final = poll(study, procs)
         bar.update(final)
         bar.close()
+        engine = getattr(storage, "engine", None)
+        if engine is not None:
+            engine.dispose()  # our pooled connections must not hold the log open
+        checkpoint_sqlite(opts.storage)  # the database file alone is now the whole study
     codes = [p.returncode for p, _ in procs]
     if not interrupted and any(c not in (0, None) for c in codes):
         tails = [tail(path) for (p, path) in procs if p.returncode not in (0, None)]

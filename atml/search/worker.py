@@ -26,7 +26,15 @@ from atml.config import SearchSpace, space_from_stored
 from atml.errors import DataError, StorageError
 from atml.gate import AvoidEntry, add_avoid, clean_partial
 from atml.search.strategy import make_pruner, make_sampler
-from atml.storage import Backoff, is_transient, open_storage, retrying, study_names, worker_id
+from atml.storage import (
+    Backoff,
+    checkpoint_sqlite,
+    is_transient,
+    open_storage,
+    retrying,
+    study_names,
+    worker_id,
+)
 from atml.train import Interrupted, TrainConfig
 from atml.trial import DataVariants, Objective, data_spec, prepare_data
 
@@ -246,4 +254,7 @@ def run_worker(opts: WorkerOptions, stop: StopFlag | None = None) -> int:
         engine = getattr(storage, "engine", None)
         if engine is not None:  # close connections now: the process may end with os._exit
             engine.dispose()
+        # A copy of the database file alone then holds this worker's trials (others may
+        # still be writing: a short wait, the search's own checkpoint at its end does the rest).
+        checkpoint_sqlite(opts.storage, timeout=1.0)
     return ran

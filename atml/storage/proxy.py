@@ -15,7 +15,7 @@ __all__ = ["run_storage_proxy"]
 log = logging.getLogger(__name__)
 
 
-def run_storage_proxy(url: str, host: str = "0.0.0.0", port: int = 13000, threads: int = 16) -> None:
+def run_storage_proxy(url: str, host: str = "127.0.0.1", port: int = 13000, threads: int = 16) -> None:
     """Serve the storage at ``url`` as an Optuna gRPC storage proxy (blocks).
 
     Hundreds of workers then hold one gRPC channel each instead of database connections;

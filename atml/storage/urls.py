@@ -68,7 +68,9 @@ def prepare_sqlite(path: Path, create: bool) -> None:
     """Check (or with ``create`` make) the SQLite file at ``path`` and switch it to WAL."""
     if not path.exists():
         if not create:
-            raise StorageError(f"storage sqlite:///{path}: no such database file")
+            where = "" if path.is_absolute() else f" (looked for {path.absolute()}: a relative path is read from the current folder)"
+            raise StorageError(f"storage sqlite:///{path}: no such database file{where}; "
+                               "point --storage or ATML_STORAGE at the study, e.g. sqlite:////abs/path/atml.db")
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = sqlite3.connect(path, timeout=60)

@@ -4,6 +4,7 @@ and the CLI's import is light."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,24 @@ def test_defaults_come_from_the_environment(monkeypatch):
     assert (d.storage, d.host, d.port, d.artifacts) == ("sqlite:///e.db", "0.0.0.0", 9, "/a")
     g = ap.parse_args(["gate", "sync", "--study", "s"])
     assert (g.artifacts, g.artifact_store) == ("/a", "/s")
+
+
+def test_relative_default_storage_names_the_folder_it_looked_in(tmp_path):
+    r = subprocess.run([ATML, "studies"], capture_output=True, text=True, cwd=tmp_path,
+                       env={k: v for k, v in os.environ.items() if k != "ATML_STORAGE"})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert str(tmp_path / "studies" / "atml.db") in lines[0]
+    assert "--storage" in lines[0] and "ATML_STORAGE" in lines[0]
+    assert not (tmp_path / "studies").exists()  # nothing written
+
+
+def test_storage_proxy_is_private_by_default(tmp_path):
+    r = subprocess.run([ATML, "storage-proxy", "--storage", f"sqlite:///{tmp_path / 'a.db'}", "--host", "0.0.0.0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "--trusted-network" in r.stderr
+    assert not (tmp_path / "a.db").exists()
+    h = subprocess.run([ATML, "storage-proxy", "--help"], capture_output=True, text=True).stdout
+    assert "127.0.0.1" in h and "no authentication" in " ".join(h.split())

@@ -112,3 +112,36 @@ def test_study_page_updates_live(browser, tmp_path):
         _stop(search)
         if dash is not None:
             _stop(dash, signal.SIGTERM, 10)
+
+
+def test_finished_study_shows_why_it_ended_not_a_countdown(browser, tmp_path):
+    import time as _time
+
+    from dash_helpers import make_study
+
+    from atml import records
+
+    url = f"sqlite:///{tmp_path / 'done.db'}"
+    study = make_study(url, "done", n=4)  # its stored space has n_trials 4: the budget is spent
+    study.set_user_attr(records.DEADLINE, _time.time() + 1800)  # the run's deadline, still ahead
+    port = _free_port()
+    dash = subprocess.Popen([sys.executable, "-m", "atml", "dashboard", "--storage", url, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert wait_for(lambda: b"done" in (_get(f"{base}/api/studies") or b""), timeout=60)
+        page = browser.new_page()
+        page.goto(f"{base}/studies/done")
+        assert page.inner_text("#time-left") == "ended: n_trials reached (4)"
+        assert page.inner_text("#status-badge") == "n_trials reached (4)"
+        # after the page's own poll re-renders the header from the API: still no countdown
+        page.wait_for_function("document.getElementById('live').textContent.startsWith('live')", timeout=30_000)
+        page.wait_for_timeout(2500)
+        assert "s left" not in page.inner_text("#time-left")
+        assert page.inner_text("#time-left") == "ended: n_trials reached (4)"
+        # a study stopped by hand says so
+        study.set_user_attr(records.STOP, "stopped from the dashboard")
+        page.wait_for_function("document.getElementById('time-left').textContent.includes('stopped from')",
+                               timeout=30_000)
+    finally:
+        _stop(dash, signal.SIGTERM, 10)

@@ -35,6 +35,10 @@ def test_search_two_workers_then_resume(tmp_path, write_space, atml_cmd):
               "--workers", "2", "--no-progress"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "best trial #" in r.stdout and "checkpoint:" in r.stdout and "n_trials reached (6)" in r.stdout
+    # no silent start: one line per stage on stderr, before the workers' first trial
+    for stage in ("checking search space", "checking data synthetic", "study e2e created; 2 workers starting"):
+        assert stage in r.stderr, r.stderr[-2000:]
+    assert "synthetic ECG" in r.stdout  # the demo says it is one
     trials = _trials(db, "e2e")
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) + sum(t.state == optuna.trial.TrialState.PRUNED for t in trials) == 6
@@ -49,6 +53,14 @@ def test_search_two_workers_then_resume(tmp_path, write_space, atml_cmd):
         assert len(t.intermediate_values) >= 1
     # journal mode stays WAL so readers never block writers
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    # re-running the finished study says the budget is spent and how to raise it, and runs nothing
+    r = _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}",
+              "--workers", "2", "--no-progress"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "budget is already spent (n_trials reached (6))" in r.stderr and "--n-trials" in r.stderr
+    assert "best trial #" in r.stdout
+    assert len(_trials(db, "e2e")) == len(trials)
 
     # resume: the budget counts what is done, so raising it to 8 runs 2 more trials
     r = _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}",

@@ -16,14 +16,14 @@
     $("counts").replaceChildren(...STATES.filter((st) => s.counts[st]).map((st) =>
       el("span", { class: `chip st-${st}`, "data-state": st, text: `${st.toLowerCase()} ${s.counts[st]}` })));
     const badge = $("status-badge");
-    const status = s.stop_reason || (s.counts.RUNNING ? "running" : "idle");
+    const status = s.end_reason || (s.counts.RUNNING ? "running" : "idle");
     badge.textContent = status;
-    badge.className = `badge ${s.stop_reason ? "stopped" : s.counts.RUNNING ? "running" : "idle"}`;
+    badge.className = `badge ${s.end_reason ? "stopped" : s.counts.RUNNING ? "running" : "idle"}`;
     const b = s.budget;
     $("progress-bar").style.width = `${((b.fraction || 0) * 100).toFixed(1)}%`;
     $("progress-text").textContent = `${b.done}${b.n_trials ? ` / ${b.n_trials}` : ""} trials finished`;
-    $("time-left").textContent = b.seconds_left !== null && b.seconds_left !== undefined && !s.stop_reason
-      ? `${Math.round(b.seconds_left)} s left` : "";
+    $("time-left").textContent = s.end_reason ? `ended: ${s.end_reason}`
+      : b.seconds_left !== null && b.seconds_left !== undefined ? `${Math.round(b.seconds_left)} s left` : "";
     const best = $("best");
     if (s.best) {
       best.replaceChildren(
