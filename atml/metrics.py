@@ -16,6 +16,8 @@ __all__ = [
     "per_subject_metrics",
     "subject_sort_key",
     "task_metrics",
+    "SUBJECT_METRIC_NAMES", "LCB_METRIC_NAMES", "SUBJECT_MIN_POSITIVES", "subject_counts", "subject_table",
+    "subject_summary", "bootstrap_bound", "subject_figures", "base_metric",
 ]
 
 METRIC_NAMES = ("f1", "accuracy", "precision", "recall", "auroc")
@@ -136,3 +138,112 @@ def per_subject_metrics(subject: np.ndarray, y_true: np.ndarray, y_pred: np.ndar
         rows.append({"subject": s, "segments": int(k.sum()), "positives": int(yt.sum()),
                      "predicted_positive": int(yp.sum()), "accuracy": float((yt == yp).mean()), "f1": f1})
     return rows
+
+
+# -- per-subject figures and their spread ------------------------------------------------
+# Spread over subjects (binary tasks): usable as objective, constraint and gate metric.
+SUBJECT_METRIC_NAMES = ("subject_f1_min", "subject_f1_p10", "subject_f1_mean", "subject_accuracy_min")
+LCB_METRIC_NAMES = ("f1_lcb", "accuracy_lcb")
+# A subject's F1 is scored only when it has this many positive segments: with two or
+# three, one segment swings it from 0 to 1.
+SUBJECT_MIN_POSITIVES = 10
+_COUNT_METRICS = {"f1", "accuracy", "precision", "recall"}
+
+
+def _from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tn: np.ndarray, name: str) -> np.ndarray:
+    """A count metric for arrays of confusion counts (0 where undefined, as binary_metrics)."""
+    tp, fp, fn, tn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn, tn))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if name == "accuracy":
+            out = (tp + tn) / (tp + fp + fn + tn)
+        elif name == "precision":
+            out = tp / (tp + fp)
+        elif name == "recall":
+            out = tp / (tp + fn)
+        else:
+            out = 2 * tp / (2 * tp + fp + fn)
+    return np.nan_to_num(out, nan=0.0)
+
+
+def subject_counts(subject: np.ndarray, y_true: np.ndarray, p_pos: np.ndarray,
+                   threshold: float = 0.5) -> dict[str, dict[str, int]]:
+    """Confusion counts (``tp, fp, fn, tn``) of each subject, binary task (class 1 positive)."""
+    subject = np.asarray(subject).astype(str)
+    y = np.asarray(y_true).astype(np.int64)
+    pred = (np.asarray(p_pos, dtype=np.float64) >= threshold).astype(np.int64)
+    out = {}
+    for s in sorted(set(subject.tolist())):
+        m = subject == s
+        yt, yp = y[m], pred[m]
+        out[s] = {"tp": int(((yt == 1) & (yp == 1)).sum()), "fp": int(((yt == 0) & (yp == 1)).sum()),
+                  "fn": int(((yt == 1) & (yp == 0)).sum()), "tn": int(((yt == 0) & (yp == 0)).sum())}
+    return out
+
+
+def subject_table(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, float]]:
+    """Per subject: segments, positives, F1 (None below SUBJECT_MIN_POSITIVES positives), accuracy."""
+    out = {}
+    for s, c in counts.items():
+        pos = c["tp"] + c["fn"]
+        f1 = float(_from_counts(c["tp"], c["fp"], c["fn"], c["tn"], "f1")) if pos >= SUBJECT_MIN_POSITIVES else None
+        out[s] = {"segments": sum(c.values()), "positives": pos, "f1": f1,
+                  "accuracy": float(_from_counts(c["tp"], c["fp"], c["fn"], c["tn"], "accuracy")), **c}
+    return out
+
+
+def subject_summary(per_subject: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The spread over subjects: lowest, 10th percentile and mean F1; lowest accuracy.
+
+    F1 over subjects with at least SUBJECT_MIN_POSITIVES positives (NaN when none has);
+    accuracy over every subject (a sinus-rhythm subject called AF shows there).
+    """
+    f1 = np.array([v["f1"] for v in per_subject.values() if v.get("f1") is not None], dtype=np.float64)
+    acc = np.array([v["accuracy"] for v in per_subject.values()], dtype=np.float64)
+    nan = math.nan
+    return {
+        "subject_f1_min": float(f1.min()) if len(f1) else nan,
+        "subject_f1_p10": float(np.percentile(f1, 10)) if len(f1) else nan,
+        "subject_f1_mean": float(f1.mean()) if len(f1) else nan,
+        "subject_accuracy_min": float(acc.min()) if len(acc) else nan,
+    }
+
+
+def bootstrap_bound(counts: dict[str, dict[str, int]], metric: str = "f1", confidence: float = 0.9,
+                    n_boot: int = 1000, seed: int = 0) -> float:
+    """One-sided lower confidence bound of the pooled ``metric``, by a bootstrap over subjects.
+
+    Subjects are drawn with replacement and the metric is recomputed on their pooled
+    segments; the ``1 - confidence`` quantile is returned. A configuration that fails one
+    person completely gets a lower bound than a steady one with the same pooled figure.
+    """
+    if metric not in _COUNT_METRICS:
+        raise ValueError(f"bootstrap bound: metric must be one of {sorted(_COUNT_METRICS)} (got {metric!r})")
+    if not counts:
+        return math.nan
+    c = np.array([[v["tp"], v["fp"], v["fn"], v["tn"]] for v in counts.values()], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(c), size=(n_boot, len(c)))
+    sums = c[draws].sum(axis=1)  # (n_boot, 4)
+    values = _from_counts(sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3], metric)
+    return float(np.quantile(values, 1.0 - confidence))
+
+
+def subject_figures(subject: np.ndarray, y_true: np.ndarray, p_pos: np.ndarray, confidence: float = 0.9,
+                    seed: int = 0) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(spread metrics incl. ``f1_lcb``/``accuracy_lcb``, per-subject table) of binary predictions."""
+    counts = subject_counts(subject, y_true, p_pos)
+    per = subject_table(counts)
+    out = subject_summary(per)
+    for name in LCB_METRIC_NAMES:
+        out[name] = bootstrap_bound(counts, name.removesuffix("_lcb"), confidence, seed=seed)
+    return out, per
+
+
+# Each spread metric's per-epoch stand-in: what early stopping and per-epoch pruning steer by.
+BASE_METRIC = {"subject_f1_min": "f1", "subject_f1_p10": "f1", "subject_f1_mean": "f1",
+               "subject_accuracy_min": "accuracy", "f1_lcb": "f1", "accuracy_lcb": "accuracy"}
+
+
+def base_metric(name: str) -> str:
+    """The per-epoch metric that stands in for ``name`` while a model trains (itself if none)."""
+    return BASE_METRIC.get(name, name)

@@ -20,7 +20,15 @@ from __future__ import annotations
 
 from atml.config.data_rules import MAX_DATA_VARIANTS, data_formats
 from atml.config.load import load_space, space_from_dict, space_from_stored
-from atml.config.schema import Budget, GateSettings, Param, SearchSpace, StudySettings, encode_choices
+from atml.config.schema import (
+    Budget,
+    GateSettings,
+    Param,
+    SearchSpace,
+    StudySettings,
+    ValidationSettings,
+    encode_choices,
+)
 from atml.config.seeds import trial_seed
 from atml.config.study_rules import METRICS, pruner_class, sampler_class
 from atml.config.training import TRAIN_DEFAULTS, TRAIN_KEYS, TrainConfig
@@ -28,6 +36,7 @@ from atml.config.trial_config import TrialConfig
 from atml.config.validator import Validator
 
 __all__ = [
+    "ValidationSettings",
     "TRAIN_DEFAULTS", "TRAIN_KEYS", "MAX_DATA_VARIANTS", "METRICS",
     "Param", "StudySettings", "Budget", "GateSettings", "SearchSpace", "TrainConfig", "TrialConfig",
     "Validator",

@@ -13,12 +13,13 @@ from atml.config.model_rules import model_section
 from atml.config.schema import SearchSpace
 from atml.config.study_rules import budget, study_settings
 from atml.config.train_rules import train_section
+from atml.config.validation_rules import validation_settings
 from atml.config.validator import Validator
 from atml.errors import SpaceError
 
 __all__ = ["load_space", "space_from_dict", "space_from_stored"]
 
-_SECTIONS = {"study", "budget", "data", "train", "model", "gate"}
+_SECTIONS = {"study", "budget", "data", "train", "model", "gate", "validation"}
 
 
 def load_space(path: str | Path) -> SearchSpace:
@@ -56,6 +57,7 @@ def space_from_dict(
     train_fixed, train_params = train_section(v, raw.get("train") or {})
     families, model_fixed, model_params = model_section(v, raw["model"], build=check_build)
     gate = gate_settings(v, raw.get("gate") or {})
+    validation = validation_settings(v, raw.get("validation") or {})
     stored = dict(raw)
     # The searched settings are stored as written (their specs), the rest as validated.
     stored["data"] = {**data, **{p.key: raw["data"][p.key] for p in data_params}}
@@ -72,6 +74,7 @@ def space_from_dict(
         gate=gate,
         raw=stored,
         data_params=data_params,
+        validation=validation,
     )
 
 

@@ -106,6 +106,29 @@ class StudySettings:
 
 
 @dataclass(frozen=True)
+class ValidationSettings:
+    """How a trial is scored: one subject hold-out (``holdout``) or subject-grouped k-fold CV."""
+
+    scheme: str = "holdout"  # holdout | subject_kfold
+    folds: int = 5
+    repeats: int = 1  # the fold deal repeated with other seeds (repeat r: seed fold_seed(seed, r))
+    seed: int = 0  # the same folds for every trial of a study: their scores are paired
+    # Share of the training folds' subjects held out inside each fold for early stopping and
+    # the epoch choice (None: data.val_fraction); 0: a fixed train.epochs, nothing held out.
+    inner_fraction: float | None = None
+    confidence: float = 0.9  # of the one-sided bootstrap bounds (f1_lcb, accuracy_lcb)
+
+    @property
+    def cv(self) -> bool:
+        return self.scheme == "subject_kfold"
+
+    @property
+    def steps(self) -> int:
+        """Folds a trial trains (its pruning steps under cross-validation)."""
+        return self.folds * self.repeats if self.cv else 0
+
+
+@dataclass(frozen=True)
 class Budget:
     n_trials: int | None = None
     timeout: float | None = None
@@ -147,6 +170,7 @@ class SearchSpace:
     gate: GateSettings
     raw: dict[str, Any]
     data_params: tuple[Param, ...] = ()  # searchable preprocessing (data.window, data.bandpass, ...)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
 
     @property
     def params(self) -> tuple[Param, ...]:

@@ -6,13 +6,13 @@ from typing import Any
 
 from atml.config.schema import Budget, StudySettings, field_defaults
 from atml.config.validator import Validator
-from atml.metrics import METRIC_NAMES
+from atml.metrics import LCB_METRIC_NAMES, METRIC_NAMES, SUBJECT_METRIC_NAMES
 
 __all__ = ["METRICS", "study_settings", "budget", "sampler_class", "pruner_class"]
 
 # Validation metrics a study may optimise: the metric module's, the loss, and the PhysioNet
 # 2017 score (present when the classes are N, A, O ...).
-METRICS: tuple[str, ...] = (*METRIC_NAMES, "val_loss", "physionet2017")
+METRICS: tuple[str, ...] = (*METRIC_NAMES, "val_loss", "physionet2017", *SUBJECT_METRIC_NAMES, *LCB_METRIC_NAMES)
 _SIZE_METRICS = ("onnx_kb", "n_params")  # measured before training; objectives only
 _CONSTRAINTS = ("max_onnx_kb", "max_params")
 _DIRECTIONS = ("maximize", "minimize")

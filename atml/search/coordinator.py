@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 from atml import records
 from atml.config import Budget, SearchSpace, load_space
+from atml.data.folds import subject_folds
 from atml.errors import DataError, SpaceError
 from atml.search.local import LocalWorkers, fail_orphans, stop_workers, tail, wait_any
 from atml.search.progress import Progress, poll
@@ -107,6 +109,14 @@ def check_data(space: SearchSpace, data_path: str | None, artifacts: str,
             summary["source"] = ds.source
             summary["skipped"] = ds.skipped
             summary["shape"] = [int(ds.n_leads), int(ds.n_samples)]
+        v = space.validation
+        if v.cv:  # enough subjects for the folds: one line and nothing written when not
+            pool = np.sort(np.concatenate([split.train, split.val]))
+            folds = subject_folds(ds.subject[pool], ds.y[pool], v.folds, seed=v.seed, repeats=v.repeats)
+            if i == 0:
+                summary["validation"] = {"scheme": v.scheme, "folds": v.folds, "repeats": v.repeats,
+                                         "subjects": len(set(ds.subject[pool].tolist())),
+                                         "fold_subjects": [len(f.held_subjects) for f in folds[:v.folds]]}
         if overrides:
             summary.setdefault("variants", []).append({**overrides, "shape": [int(ds.n_leads), int(ds.n_samples)],
                                                        "segments": int(len(ds.y))})

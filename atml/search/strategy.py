@@ -86,14 +86,19 @@ def make_sampler(settings: StudySettings) -> BaseSampler:
     return PerTrialSeedSampler(lambda seed: cls(seed=seed, **cfg), settings.seed)
 
 
-def make_pruner(settings: StudySettings, epochs: int) -> optuna.pruners.BasePruner:
-    """Build the pruner named in ``study.pruner``; resources are epochs.
+def make_pruner(settings: StudySettings, epochs: int, folds: int = 0) -> optuna.pruners.BasePruner:
+    """Build the pruner named in ``study.pruner``; resources are epochs, or with ``folds``
+    (a cross-validated study) the folds a trial trains: it may then stop after its first.
 
     Optuna's pruners serve single-objective studies; several objectives are pruned by
     :func:`atml.trial.median_rule` inside the objective.
     """
     cfg = {k: v for k, v in settings.pruner.items() if k != "type"}
     kind = settings.pruner["type"]
+    if folds:  # a fold is a whole model: judge a trial from its first one
+        cfg.setdefault(*(("min_resource", 1) if kind in ("asha", "successive_halving", "hyperband")
+                         else ("n_warmup_steps", 0)))
+        epochs = folds
     if kind == "median":
         # The same defaults as the median rule that prunes multi-objective studies.
         cfg.setdefault("n_startup_trials", MEDIAN_STARTUP_TRIALS)

@@ -174,7 +174,7 @@ def run_worker(opts: WorkerOptions, stop: StopFlag | None = None) -> int:
     epochs = int(space.train_fixed.get("epochs", TrainConfig.epochs))
     study = optuna.load_study(
         study_name=opts.study, storage=storage,
-        sampler=make_sampler(space.study), pruner=make_pruner(space.study, epochs),
+        sampler=make_sampler(space.study), pruner=make_pruner(space.study, epochs, folds=space.validation.steps),
     )
     objective = Objective(space, data, opts.artifacts, should_stop=stop, artifact_store=opts.artifact_store)
 

@@ -14,7 +14,7 @@ from atml.train import TrainResult
 __all__ = [
     "N_PARAMS", "ONNX_KB", "AVOIDED_BY", "METRICS", "BEST_EPOCH", "EPOCHS_RUN", "STOPPED_EARLY", "HISTORY",
     "CHECKPOINT", "EPOCH_SECONDS", "TRIAL_SECONDS", "GATE", "GATE_RESULT", "GATE_FOLDER",
-    "record_history", "record_result", "history",
+    "SUBJECTS", "FOLDS", "record_history", "record_result", "record_subjects", "history",
 ]
 
 N_PARAMS = "n_params"  # trainable parameters of the built model
@@ -31,10 +31,17 @@ TRIAL_SECONDS = "trial_seconds"
 GATE = "gate"  # {"lo": lowest, "hi": highest gate metric}
 GATE_RESULT = "gate_result"  # what the gate did with it, one line
 GATE_FOLDER = "gate_folder"  # name of the folder it was filed in
+SUBJECTS = "subjects"  # per validation (or out-of-fold) subject: segments, positives, f1, accuracy, counts
+FOLDS = "folds"  # a cross-validated trial: one record per fold (held-out subjects, metrics, epochs)
 
 
 def record_history(trial: Any, epochs: list[dict[str, float]]) -> None:
     trial.set_user_attr(HISTORY, epochs)
+
+
+def record_subjects(trial: Any, table: dict[str, dict[str, Any]]) -> None:
+    """The per-subject figures of the trial's validation (or out-of-fold) predictions."""
+    trial.set_user_attr(SUBJECTS, table)
 
 
 def history(trial: Any) -> list[dict[str, float]]:

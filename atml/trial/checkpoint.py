@@ -17,9 +17,11 @@ import torch
 from atml.models import build_model
 from atml.trial.data import PreparedData
 
-__all__ = ["CHECKPOINT_FILE", "checkpoint_dir", "atomic_save", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "OOF_FILE", "checkpoint_dir", "atomic_save", "save_checkpoint", "load_checkpoint",
+           "save_oof", "load_oof"]
 
 CHECKPOINT_FILE = "model.pt"
+OOF_FILE = "oof.npz"  # a cross-validated trial's out-of-fold predictions
 
 
 def checkpoint_dir(artifacts: str | Path, study: str, number: int) -> Path:
@@ -43,16 +45,20 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 def save_checkpoint(path: Path, *, family: str, hparams: dict[str, Any], data: PreparedData,
                     state_dict: dict[str, torch.Tensor], params: dict[str, Any], trial: int, study: str,
-                    metrics: dict[str, float]) -> Path:
-    """Write the checkpoint of one trained trial to ``path``; returns ``path``."""
-    atomic_save(
-        {
-            "family": family, "hparams": hparams, "in_channels": data.n_leads, "n_classes": len(data.classes),
-            "n_samples": data.n_samples, "fs": data.fs, "classes": list(data.classes), "task": data.task,
-            "state_dict": state_dict, "params": params, "trial": trial, "study": study, "metrics": metrics,
-        },
-        path,
-    )
+                    metrics: dict[str, float], folds: list[dict[str, Any]] | None = None) -> Path:
+    """Write the checkpoint of one trained trial to ``path``; returns ``path``.
+
+    A cross-validated trial also keeps its fold models: ``folds`` is one
+    ``{"state_dict", "held_subjects"}`` per fold, and ``state_dict`` is the first fold's.
+    """
+    ck = {
+        "family": family, "hparams": hparams, "in_channels": data.n_leads, "n_classes": len(data.classes),
+        "n_samples": data.n_samples, "fs": data.fs, "classes": list(data.classes), "task": data.task,
+        "state_dict": state_dict, "params": params, "trial": trial, "study": study, "metrics": metrics,
+    }
+    if folds is not None:
+        ck["folds"] = folds
+    atomic_save(ck, path)
     return path
 
 
@@ -63,3 +69,29 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     model.load_state_dict(ck["state_dict"])
     model.eval()
     return model, ck
+
+
+def save_oof(folder: Path, oof: dict[str, Any]) -> Path:
+    """Write a cross-validated trial's out-of-fold predictions (subject, y, p, fold) atomically."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / OOF_FILE
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **{k: np.asarray(v) for k, v in oof.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_oof(folder: str | Path) -> dict[str, Any]:
+    """The out-of-fold predictions written by :func:`save_oof` (arrays by name)."""
+    import numpy as np
+
+    with np.load(Path(folder) / OOF_FILE, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,15 @@ class PreparedData:
     split_summary: dict[str, Any]
     source: str
     task: str = "binary"
+    # Subject of each segment (cross-validation folds and per-subject figures).
+    subject_train: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=str))
+    subject_val: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=str))
+    val_fraction: float = 0.2  # data.val_fraction: the default inner hold-out of a fold
+
+    def pool(self) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Every non-test segment (train then validation subjects) with its subject, for cross-validation."""
+        return (torch.cat([self.x_train, self.x_val]), torch.cat([self.y_train, self.y_val]),
+                np.concatenate([self.subject_train, self.subject_val]))
 
 
 def prepare_data(spec: DataSpec, cache_dir: str | Path) -> PreparedData:
@@ -52,7 +61,8 @@ def prepare_data(spec: DataSpec, cache_dir: str | Path) -> PreparedData:
     return PreparedData(
         x_train=x_tr, y_train=y_tr, x_val=x_va, y_val=y_va, classes=tuple(ds.classes), fs=ds.fs,
         n_leads=ds.n_leads, n_samples=ds.n_samples, split_summary=split.summary(), source=ds.source,
-        task=task,
+        task=task, subject_train=np.asarray(ds.subject[np.sort(split.train)]).astype(str),
+        subject_val=np.asarray(ds.subject[np.sort(split.val)]).astype(str), val_fraction=spec.val_fraction,
     )
 
 

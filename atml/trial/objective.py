@@ -1,4 +1,5 @@
-"""One trial, in order: params -> screen -> data -> model -> size -> train -> checkpoint -> record -> gate -> value.
+"""One trial, in order: params -> screen -> data -> model -> size -> train (or cross-validate) -> checkpoint
+-> record -> gate -> value.
 
 :class:`Objective` only orchestrates; each step is a function of its own module:
 :mod:`.screen` (avoid list, size limit, constraints), :mod:`.pruning` (per-epoch report and
@@ -18,11 +19,13 @@ import torch
 
 from atml import records
 from atml.config import SearchSpace, StudySettings, trial_seed
+from atml.metrics import base_metric
 from atml.models import build_model
 from atml.storage import worker_id
-from atml.train import fit
+from atml.train import TrainResult, fit, predict_proba
 from atml.trial import attributes, screen
-from atml.trial.checkpoint import CHECKPOINT_FILE, checkpoint_dir, save_checkpoint
+from atml.trial.checkpoint import CHECKPOINT_FILE, checkpoint_dir, save_checkpoint, save_oof
+from atml.trial.cv import cross_validate, pooled_metrics
 from atml.trial.data import DataVariants, PreparedData
 from atml.trial.filing import Trained, apply_gate
 from atml.trial.pruning import epoch_reporter
@@ -72,14 +75,36 @@ class Objective:
         d = self.data.get(config.data) if isinstance(self.data, DataVariants) else self.data
         model = build_model(fam, in_channels=d.n_leads, n_classes=len(d.classes), **hp)
         n_params, onnx_kb = screen.check_size(trial, self.space, model, d)
-        cfg = dataclasses.replace(config.train, seed=seed, metric=st.metric, direction=st.direction, task=d.task)
+        cfg = dataclasses.replace(config.train, seed=seed, metric=base_metric(st.metric), direction=st.direction,
+                                  task=d.task)
         epochs: list[dict[str, float]] = []
-        res = fit(model, d.x_train, d.y_train, d.x_val, d.y_val, cfg, report=epoch_reporter(trial, st, epochs),
-                  should_stop=self.should_stop, classes=d.classes)
-        ck_path = save_checkpoint(checkpoint_dir(self.artifacts, st.name, trial.number) / CHECKPOINT_FILE,
-                                  family=fam, hparams=hp, data=d, state_dict=res.state_dict, params=params,
-                                  trial=trial.number, study=st.name, metrics=res.metrics)
-        metrics = {k: float(v) for k, v in res.metrics.items() if k not in ("epoch", "lr")}
+        ck_path = checkpoint_dir(self.artifacts, st.name, trial.number) / CHECKPOINT_FILE
+        folds = None
+        if self.space.validation.cv:
+            cv = cross_validate(trial, self.space, d, cfg, lambda: build_model(fam, in_channels=d.n_leads,
+                                n_classes=len(d.classes), **hp), epochs, self.should_stop)
+            metrics = cv.metrics
+            res = TrainResult(best_epoch=cv.best_epoch, epochs_run=cv.epochs_run, metrics=metrics,
+                              state_dict=cv.state_dicts[0],
+                              epoch_seconds=sum(f.seconds for f in cv.folds) / max(1, cv.epochs_run))
+            folds = [{"state_dict": s, "held_subjects": list(f.held_subjects)} for s, f in zip(cv.state_dicts,
+                                                                                                cv.folds, strict=True)]
+            save_oof(ck_path.parent, cv.oof)
+            attributes.record_subjects(trial, cv.subjects)
+        else:
+            res = fit(model, d.x_train, d.y_train, d.x_val, d.y_val, cfg, report=epoch_reporter(trial, st, epochs),
+                      should_stop=self.should_stop, classes=d.classes)
+            metrics = {k: float(v) for k, v in res.metrics.items() if k not in ("epoch", "lr")}
+            if d.task == "binary" and len(d.subject_val):  # the spread over the validation subjects
+                model.load_state_dict(res.state_dict)
+                proba, _ = predict_proba(model, d.x_val, task=d.task)
+                spread, per = pooled_metrics(d.task, d.classes, d.subject_val, d.y_val.numpy(), proba,
+                                             self.space.validation.confidence, seed=st.seed)
+                metrics.update({k: v for k, v in spread.items() if k not in metrics})
+                attributes.record_subjects(trial, per)
+        save_checkpoint(ck_path, family=fam, hparams=hp, data=d, state_dict=res.state_dict, params=params,
+                        trial=trial.number, study=st.name, metrics=res.metrics if folds is None else metrics,
+                        folds=folds)
         attributes.record_result(trial, res, metrics, epochs, str(ck_path.relative_to(self.artifacts / st.name)),
                                  time.perf_counter() - t0)
         if self.space.gate.enabled:

@@ -1,0 +1,110 @@
+"""A cross-validated trial on real IESD segments (txt_sample: subjects 1, 19, 36, three folds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from atml.config import space_from_dict
+from atml.data import DataSpec
+from atml.metrics import binary_metrics
+from atml.search.strategy import make_pruner
+from atml.trial import Objective, load_checkpoint, prepare_data
+from atml.trial.checkpoint import load_oof
+
+
+def _space(txt_sample, **validation):
+    return {
+        "study": {"name": "cv", "metric": "f1", "sampler": {"type": "random", "seed": 3},
+                  "pruner": {"type": "median", "n_startup_trials": 1}},
+        "budget": {"n_trials": 2},
+        "data": {"path": str(txt_sample), "target_fs": 125, "val_fraction": 0.34, "test_fraction": 0},
+        "validation": {"scheme": "subject_kfold", "folds": 3, **validation},
+        "train": {"epochs": 2, "batch_size": 32, "lr": {"type": "float", "low": 1e-3, "high": 5e-3, "log": True},
+                  "patience": 2},
+        "model": {"families": {"afnet": {"width": 4, "depth": 2}}},
+    }
+
+
+@pytest.fixture(scope="module")
+def txt_data(txt_sample, tmp_path_factory):
+    spec = DataSpec(path=txt_sample, target_fs=125, val_fraction=0.34, test_fraction=0.0)
+    return prepare_data(spec, tmp_path_factory.mktemp("cache"))
+
+
+def test_cv_trial_pools_out_of_fold_predictions_and_never_steers_on_the_held_fold(txt_data, txt_sample, tmp_path):
+    space = space_from_dict(_space(txt_sample))
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(space.study, 2, folds=3))
+    study.optimize(Objective(space, txt_data, tmp_path), n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE
+    folds = t.user_attrs["folds"]
+    assert [f["fold"] for f in folds] == [0, 1, 2]
+    assert sorted(s for f in folds for s in f["held_subjects"]) == ["S1", "S19", "S36"]
+    for f in folds:  # early stopping chose the epoch on training-fold subjects only
+        assert f["inner_subjects"] and not set(f["inner_subjects"]) & set(f["held_subjects"])
+    # the value is the metric of the concatenated out-of-fold predictions of every subject
+    oof = load_oof(tmp_path / "cv" / "trials" / "00000")
+    assert len(oof["y"]) == 344 and sorted(set(oof["subject"].tolist())) == ["S1", "S19", "S36"]
+    assert t.value == pytest.approx(binary_metrics(oof["y"], oof["p"][0])["f1"])
+    assert t.value == pytest.approx(t.user_attrs["metrics"]["f1"])
+    assert set(t.user_attrs["subjects"]) == {"S1", "S19", "S36"}
+    m = t.user_attrs["metrics"]
+    assert {"subject_f1_min", "subject_f1_p10", "subject_accuracy_min", "f1_lcb", "f1_fold_std"} <= set(m)
+    assert m["f1_lcb"] <= m["f1"] + 1e-9
+    # each fold's held-out predictions came from a model that never saw that fold
+    for f in folds:
+        held = np.isin(oof["subject"], f["held_subjects"])
+        assert set(oof["fold"][held].tolist()) == {f["fold"]}
+    assert list(t.intermediate_values) == [0, 1, 2]  # one report per fold
+    # the checkpoint keeps the three fold models
+    _, ck = load_checkpoint(tmp_path / "cv" / t.user_attrs["checkpoint"])
+    assert [f["held_subjects"] for f in ck["folds"]] == [f["held_subjects"] for f in folds]
+
+
+def test_a_poor_configuration_is_pruned_after_its_first_fold(txt_data, txt_sample, tmp_path):
+    space = space_from_dict(_space(txt_sample))
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(space.study, 2, folds=3))
+    dist = {"train.lr": optuna.distributions.FloatDistribution(1e-3, 5e-3, log=True)}
+    # a finished trial that scored 1.0 after every fold: anything less after fold 1 is below the median
+    study.add_trial(optuna.trial.create_trial(params={"train.lr": 2e-3}, distributions=dist, value=1.0,
+                                              intermediate_values={0: 1.0, 1: 1.0, 2: 1.0}))
+    study.optimize(Objective(space, txt_data, tmp_path), n_trials=1)
+    t = study.trials[1]
+    assert t.state == optuna.trial.TrialState.PRUNED
+    assert list(t.intermediate_values) == [0]
+    assert "after fold 1 of 3" in t.user_attrs["reason"]
+    assert len(t.user_attrs["folds"]) == 1
+
+
+@pytest.mark.parametrize("validation, text", [
+    ({"folds": 1}, "validation.folds: must be at least 2 (got 1)"),
+    ({"folds": 5}, "validation.folds: 5 folds need at least 5 subjects outside the test split (there are 3)"),
+    ({"scheme": "loso"}, "validation.scheme: must be one of holdout, subject_kfold"),
+])
+def test_bad_validation_settings_are_one_line_and_exit_2(txt_sample, tmp_path, atml_cmd, validation, text):
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(_space(txt_sample, **validation)))
+    r = subprocess.run([*atml_cmd, "search", "--space", str(p), "--workers", "0", "--no-progress"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert text in lines[-1] and not any("Traceback" in x for x in lines), r.stderr
+    assert not (tmp_path / "studies" / "atml.db").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_cv_search_end_to_end(txt_sample, tmp_path, atml_cmd):
+    p = tmp_path / "space.yaml"
+    p.write_text(yaml.safe_dump(_space(txt_sample)))
+    r = subprocess.run([*atml_cmd, "search", "--space", str(p), "--workers", "1", "--no-progress", "--json"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout)
+    assert res["split"]["validation"]["folds"] == 3 and res["split"]["validation"]["subjects"] == 3
+    assert res["best"]["metrics"]["f1"] == pytest.approx(res["best"]["value"])
