@@ -33,6 +33,10 @@ def _export_arguments(e: argparse.ArgumentParser) -> None:
                         "epoch count (test subjects stay unseen; validation figures become in-sample)")
     e.add_argument("--ensemble", type=int, default=1, metavar="K",
                    help="train K members with different seeds and export their mean logits as one model")
+    e.add_argument("--from-folds", action="store_true",
+                   help="a cross-validated trial (validation.scheme: subject_kfold): ship its K fold models as "
+                        "one mean-logits model, no retraining (together they saw every non-test subject; the "
+                        "sidecar keeps the out-of-fold figures as the estimate)")
     e.add_argument("--json", action="store_true", help="print the sidecar(s) as one JSON object")
     e.add_argument("-v", "--verbose", action="store_true")
     e.set_defaults(quiet=True)  # warnings only, so an error stays the one line on stderr
@@ -69,7 +73,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.trial is not None and args.trial < 0:
         raise ExportError(f"--trial must be >= 0 (got {args.trial})")
     res = export_trial(args.storage, args.study, args.out, trial=args.trial, int8=args.int8,
-                       artifacts=args.artifacts, data_path=args.data, refit=args.refit, ensemble=args.ensemble)
+                       artifacts=args.artifacts, data_path=args.data, refit=args.refit, ensemble=args.ensemble,
+                       from_folds=args.from_folds)
     s = res.sidecar
     if args.json:
         print(json.dumps({"model": str(res.path), "sidecar": s, "int8_model": str(res.int8_path or "") or None,
@@ -86,13 +91,20 @@ def _export(args: argparse.Namespace) -> int:
           f"(< {par['tolerance']:g})")
     print(f"  size {s['size_bytes']} bytes ({s['size_kb']:.1f} KB)  sha256 {s['sha256'][:16]}...")
     fit = s["fit"]
-    if fit["mode"] != "checkpoint":
+    if fit["mode"] == "folds":
+        print(f"  folds: the trial's {fit['members']} fold models averaged (mean logits), not retrained; "
+              f"together they saw {len(fit.get('subjects_seen') or [])} subjects")
+    elif fit["mode"] != "checkpoint":
         print(f"  {fit['mode']}: {fit['members']} member(s) trained on {fit['subjects']} subjects "
               f"({fit['segments']} segments" + (f", {fit['epochs']} epochs" if fit.get("epochs") else "")
               + f", {fit['seconds']:.0f} s)" + (f", {fit['combine']}" if fit.get("combine") else ""))
-    where = "" if s["validation"]["held_out"] else ", in-sample after refit"
+    where = "" if s["validation"]["held_out"] else (", in-sample after refit" if fit["mode"] != "folds"
+                                                   else ", in-sample: the fold models trained on it")
     print(f"  validation ({s['validation']['segments']} segments, onnxruntime{where}): "
           f"{_metric_line(s['metrics']['float'])}")
+    cv = fit.get("cross_validated")
+    if cv:
+        print(f"  cross-validated estimate ({cv['folds']} subject folds, out-of-fold): {_metric_line(cv['metrics'])}")
     if res.int8_sidecar is not None:
         q = res.int8_sidecar
         ratio = q["size_bytes"] / s["size_bytes"]

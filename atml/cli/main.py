@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from atml import __version__
-from atml.cli import dashboard, export, gate, search, storage
+from atml.cli import compare, dashboard, export, gate, search, storage
 from atml.cli.common import Command
 from atml.errors import AtmlError
 
@@ -26,7 +26,7 @@ EXIT_USAGE = 2
 
 # The order is the order of `atml --help`.
 COMMANDS: Mapping[str, Command] = {c.name: c for c in (
-    search.SEARCH, search.WORKER, search.STUDIES,
+    search.SEARCH, search.WORKER, search.STUDIES, compare.COMPARE,
     export.EXPORT, export.EVALUATE,
     dashboard.DASHBOARD,
     gate.AVOID, gate.GATE,

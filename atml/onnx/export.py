@@ -30,6 +30,7 @@ from atml import records
 from atml.config import space_from_stored
 from atml.data import DataSpec, load_dataset
 from atml.errors import DataError, ExportError, StorageError
+from atml.metrics import subject_sort_key
 from atml.onnx.convert import (
     INT8_SCHEME,
     PARITY_TOLERANCE,
@@ -268,9 +269,28 @@ def _facts(ref: TrialRef, tr: _Trial, final: FinalFit, diff: float, parity_n: in
     )
 
 
+def _record_subjects(final: FinalFit, tr: _Trial, ref: TrialRef) -> None:
+    """Which subjects the exported model saw, and (cross-validated trial) the honest estimate."""
+    split = tr.split
+    seen = set(split.train_subjects)
+    if final.info.get("subjects") == "train+validation":
+        seen |= set(split.val_subjects)
+    folds = tr.ck.get("folds")
+    if folds and final.info.get("mode") == "checkpoint":  # fold 0's model: all non-test subjects but its own fold
+        seen = (set(split.train_subjects) | set(split.val_subjects)) - set(folds[0].get("held_subjects") or [])
+    final.info["subjects_seen"] = sorted(seen, key=subject_sort_key)
+    if folds:
+        m = ref.user_attrs.get(attributes.METRICS) or {}
+        final.info["cross_validated"] = {
+            "note": "pooled out-of-fold figures of the trial: the honest estimate for new subjects",
+            "folds": len(folds), "metrics": {k: v for k, v in m.items() if isinstance(v, int | float)},
+        }
+
+
 def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None = None, int8: bool = False,
                  artifacts: str | Path | None = None, data_path: str | None = None, refit: bool = False,
-                 ensemble: int = 1, parity_segments: int = 256, calibration_segments: int = 256) -> ExportResult:
+                 ensemble: int = 1, parity_segments: int = 256, calibration_segments: int = 256,
+                 from_folds: bool = False) -> ExportResult:
     """Export a trial's checkpoint (default: the best trial) to a verified ONNX file.
 
     ``refit`` retrains the trial's configuration on training + validation subjects and
@@ -286,8 +306,11 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
     _check_out(out, ensemble)
     ref = locate_trial(storage, study, trial, artifacts)
     tr = _load(ref, data_path)
+    if from_folds and (refit or ensemble > 1):
+        raise ExportError("--from-folds ships the trial's fold models as they are: not with --refit or --ensemble")
     final = final_model(tr.model, tr.ck, ref, tr.ds.x, tr.ds.y, tr.split.train, tr.split.val, refit=refit,
-                        members=ensemble)
+                        members=ensemble, from_folds=from_folds)
+    _record_subjects(final, tr, ref)
     blob, session, diff, parity_n = _verified(final.model, tr, ref.number, parity_segments)
     m_float, p_float = onnx_metrics(session, tr.x_val, tr.y_val, tr.task, tuple(tr.ds.classes))
     log.info("trial #%d exported: parity %.3g on %d segments", ref.number, diff, parity_n)

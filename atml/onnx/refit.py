@@ -49,19 +49,45 @@ class FinalFit:
     validation_held_out: bool = True
 
 
+def _fold_ensemble(ck: dict[str, Any], ref: Any) -> FinalFit:
+    """A cross-validated trial's K fold models as one mean-logits model, with no retraining.
+
+    Together they saw every non-test subject (each one all but its own held-out fold), so
+    no validation figure of the ensemble is held out; the trial's out-of-fold figures are
+    the honest estimate and go into the sidecar.
+    """
+    folds = ck.get("folds")
+    if not folds:
+        raise ExportError(f"trial #{ref.number} was not cross-validated (validation.scheme: subject_kfold): "
+                          "it has no fold models for --from-folds")
+    models = []
+    for f in folds:
+        m = build_model(ck["family"], in_channels=int(ck["in_channels"]), n_classes=int(ck["n_classes"]),
+                        **ck["hparams"])
+        m.load_state_dict(f["state_dict"])
+        models.append(m.eval())
+    model = models[0] if len(models) == 1 else MeanLogits(models).eval()
+    info = {"mode": "folds", "members": len(models), "subjects": "train+validation",
+            "combine": "mean of member logits", "note": "the trial's fold models, not retrained",
+            "folds_held_out": [list(f.get("held_subjects") or []) for f in folds]}
+    return FinalFit(model, info, validation_held_out=False)
+
+
 def _member_seed(base: int, i: int) -> int:
     return base if i == 0 else trial_seed(base, i)
 
 
 def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np.ndarray, y: np.ndarray,
                 train_idx: np.ndarray, val_idx: np.ndarray, *, refit: bool = False,
-                members: int = 1) -> FinalFit:
+                members: int = 1, from_folds: bool = False) -> FinalFit:
     """The trial's checkpoint, or its configuration retrained (``refit``) and/or ensembled.
 
     ``x``/``y`` are the study's (cached) arrays, ``train_idx``/``val_idx`` its subject split;
     ``ref`` is the :class:`atml.onnx.export.TrialRef` (study settings, trial number and attributes);
     ``members`` >= 1 (``export_trial`` checks it before loading anything).
     """
+    if from_folds:
+        return _fold_ensemble(ck, ref)
     if not refit and members == 1:
         return FinalFit(checkpoint_model, {"mode": "checkpoint", "members": 1,
                                            "subjects": "train", "note": "the trial's own checkpoint"})

@@ -220,7 +220,6 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
     _stop_on_signals()
     workers = LocalWorkers(opts.workers, opts.threads)  # they import torch while we check
     try:
-        note(f"checking search space {opts.space_path} ...")
         space = with_overrides(load_space(opts.space_path), opts)
         if opts.data_path is not None and not Path(opts.data_path).exists():
             raise DataError(f"--data: no such file or directory: {opts.data_path}")

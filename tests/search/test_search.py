@@ -36,7 +36,7 @@ def test_search_two_workers_then_resume(tmp_path, write_space, atml_cmd):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "best trial #" in r.stdout and "checkpoint:" in r.stdout and "n_trials reached (6)" in r.stdout
     # no silent start: one line per stage on stderr, before the workers' first trial
-    for stage in ("checking search space", "checking data synthetic", "study e2e created; 2 workers starting"):
+    for stage in ("checking data synthetic ...", "study e2e created; 2 workers starting"):
         assert stage in r.stderr, r.stderr[-2000:]
     assert "synthetic ECG" in r.stdout  # the demo says it is one
     trials = _trials(db, "e2e")
@@ -168,8 +168,10 @@ def test_bad_data_exit_2_names_file_and_creates_no_study(tmp_path, txt_sample, w
     r = _run([*atml_cmd, "search", "--space", str(space), "--storage", f"sqlite:///{db}",
               "--data", str(bad), "--no-progress"], env={**os.environ, "ATML_TEST_MARK": mark})
     assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert victim.name in r.stderr
+    # the stage it was at, then the one error line
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0] == f"checking data {bad} ..." and lines[1].startswith("atml: error:"), r.stderr
+    assert victim.name in lines[1]
     assert not db.exists()
     # the worker processes started early (importing torch while the data was checked) are gone
     assert _processes_with(f"ATML_TEST_MARK={mark}") == []
