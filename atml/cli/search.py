@@ -107,8 +107,15 @@ def format_summary(res: Any) -> str:
         lines.append(f"    (several objectives: {b['pareto_size']} trials on the Pareto front; shown: the best "
                      "by the first objective. See the dashboard for the front.)")
     m = b["metrics"]
-    lines.append("    validation: " + "  ".join(
+    cv = sp.get("validation")
+    label = (f"cross-validated ({cv['folds']} subject folds x {cv['repeats']} over {cv['subjects']} subjects, "
+             "pooled out-of-fold)" if cv else "validation")
+    lines.append(f"    {label}: " + "  ".join(
         f"{k} {_fmt(m[k])}" for k in ("f1", "accuracy", "precision", "recall", "auroc", "val_loss") if k in m))
+    spread = [(k, v) for k, v in m.items() if k.endswith("_fold_std")]
+    spread += [(k, m[k]) for k in ("subject_f1_min", "subject_f1_p10", "f1_lcb") if k in m]
+    if spread:
+        lines.append("    spread: " + "  ".join(f"{k} {_fmt(v)}" for k, v in spread))
     lines += [f"    {k} = {_fmt(v)}" for k, v in b["params"].items()]
     lines.append(f"    checkpoint: {b['checkpoint']}")
     if str(res.data_source).startswith("synthetic"):

@@ -151,7 +151,9 @@ class TrialDetail(TrialRow):
     study: str
     metric: str
     classes: list[str]
-    distributions: dict[str, str]
+    distributions: dict[str, str] = Field(description="each parameter's search range, as text")
+    folds: list[dict[str, Any]] = Field(default_factory=list, description="a cross-validated trial's folds")
+    subjects: list[dict[str, Any]] = Field(default_factory=list, description="per-subject figures of its validation (or out-of-fold) predictions")
     intermediate_values: list[tuple[int, float | None]]
     history: list[dict[str, Any]]
     user_attrs: dict[str, Any]

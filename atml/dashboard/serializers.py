@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from atml import records
 from atml.dashboard.reader import Snapshot, StudyOverview, StudyRef
+from atml.metrics import subject_sort_key
 
 __all__ = [
     "json_safe", "study_info", "overview_row", "trial_row", "trial_detail", "summary", "trial_page",
@@ -330,6 +331,27 @@ def plot_kinds(snap: Snapshot, *, has_size: bool) -> list[str]:
     return kinds
 
 
+def describe_distribution(d: Any) -> str:
+    """A parameter's search range as a person reads it (not Optuna's repr)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(d, CategoricalDistribution):
+        return "one of " + ", ".join(str(c) for c in d.choices)
+    if isinstance(d, FloatDistribution | IntDistribution):
+        kind = "int" if isinstance(d, IntDistribution) else "float"
+        extra = " (log)" if d.log else (f" step {d.step:g}" if d.step not in (None, 1) else "")
+        return f"{kind} in [{d.low:g}, {d.high:g}]{extra}"
+    return str(d)
+
+
+def subject_rows(table: Any) -> list[dict[str, Any]]:
+    """The per-subject figures a trial stores, one row per subject, in natural order (S2 before S10)."""
+    if not isinstance(table, dict):
+        return []
+    rows = [{"subject": str(s), **json_safe(v)} for s, v in table.items() if isinstance(v, dict)]
+    return sorted(rows, key=lambda r: subject_sort_key(r["subject"]))
+
+
 def trial_detail(snap: Snapshot, t: FrozenTrial, artifacts: Path | None) -> dict[str, Any]:
     """Everything the trial page shows."""
     ua = t.user_attrs
@@ -355,10 +377,12 @@ def trial_detail(snap: Snapshot, t: FrozenTrial, artifacts: Path | None) -> dict
         "metric": info["metric"],
         "classes": info["classes"],
         "reason": reason,
-        "distributions": {k: repr(d) for k, d in t.distributions.items()},
+        "distributions": {k: describe_distribution(d) for k, d in t.distributions.items()},
+        "folds": json_safe([f for f in (ua.get("folds") or []) if isinstance(f, dict)]),
+        "subjects": subject_rows(ua.get("subjects")),
         "intermediate_values": [[int(s), json_safe(v)] for s, v in sorted(t.intermediate_values.items())],
         "history": json_safe([h for h in history if isinstance(h, dict)]),
-        "user_attrs": json_safe({k: v for k, v in ua.items() if k not in ("history", "metrics")}),
+        "user_attrs": json_safe({k: v for k, v in ua.items() if k not in ("history", "metrics", "folds", "subjects")}),
         "best_epoch": ua.get("best_epoch") if isinstance(ua.get("best_epoch"), int) else None,
         "confusion": conf,
         "checkpoint": ck,

@@ -108,3 +108,28 @@ def test_cv_search_end_to_end(txt_sample, tmp_path, atml_cmd):
     res = json.loads(r.stdout)
     assert res["split"]["validation"]["folds"] == 3 and res["split"]["validation"]["subjects"] == 3
     assert res["best"]["metrics"]["f1"] == pytest.approx(res["best"]["value"])
+
+
+def test_dashboard_trial_page_shows_folds_subjects_and_readable_ranges(txt_data, txt_sample, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from atml.dashboard import create_app
+    from atml.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'cv.db'}"
+    space = space_from_dict(_space(txt_sample))
+    study = optuna.create_study(study_name="cv", direction="maximize", storage=open_storage(url, create=True),
+                                pruner=make_pruner(space.study, 2, folds=3))
+    study.set_user_attr("atml.space", space.to_json())
+    study.optimize(Objective(space, txt_data, tmp_path / "art"), n_trials=1)
+    with TestClient(create_app(url, artifacts=tmp_path / "art", token="")) as client:
+        page = client.get("/studies/cv/trials/0")
+        assert page.status_code == 200
+        html = page.text
+        assert 'id="folds"' in html and 'id="subjects"' in html
+        for s in ("S1", "S19", "S36"):
+            assert f"<td>{s}</td>" in html
+        assert "float in [0.001, 0.005] (log)" in html and "FloatDistribution(" not in html
+        detail = client.get("/api/studies/cv/trials/0").json()
+        assert [f["fold"] for f in detail["folds"]] == [0, 1, 2]
+        assert [r["subject"] for r in detail["subjects"]] == ["S1", "S19", "S36"]
