@@ -50,6 +50,9 @@ def _evaluate_arguments(v: argparse.ArgumentParser) -> None:
     v.add_argument("--subjects", default=None,
                    help="score only these subjects: 'test' (the study's held-out test subjects, from the "
                         "sidecar) or a comma-separated list")
+    v.add_argument("--on-bad", choices=("error", "skip"), default=None,
+                   help="a file that cannot be read: stop with its name (error, the default) or skip it, "
+                        "score the rest and report how many were skipped (skip; data.on_bad in a space)")
     v.add_argument("--runs", type=int, default=200, help="timed batch-1 runs after 20 warm-up runs (default 200)")
     v.add_argument("-v", "--verbose", action="store_true")
     v.set_defaults(quiet=True)
@@ -123,7 +126,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.runs < 1:
         raise ExportError(f"--runs must be >= 1 (got {args.runs})")
     ev = evaluate_model(args.model, args.data, batch_latency=args.batch_latency, runs=args.runs,
-                        subjects=args.subjects)
+                        subjects=args.subjects, on_bad=args.on_bad)
     d = ev.to_dict()
     if args.json:
         print(json.dumps(d, indent=2, allow_nan=False))

@@ -9,6 +9,7 @@ installed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -121,7 +122,9 @@ def _score(session: Any, spec: DataSpec, expect: str, leads: int, samples: int, 
         try:
             ds = load_dataset(spec, cache)
         except DataError as e:
-            raise DataError(f"{e} ({expect})") from None
+            # The model's input shape explains a wrong segment length, not a bad file name or an undecodable file.
+            shape_problem = any(w in str(e) for w in ("samples, expected", " leads", "segment length"))
+            raise DataError(f"{e} ({expect})" if shape_problem else str(e)) from None
         if (ds.n_leads, ds.n_samples) != (leads, samples):
             raise DataError(f"data {ds.source} has segments [{ds.n_leads}, {ds.n_samples}] but {expect}")
         # Scored while the temporary cache exists: x is a memmap over it, never copied whole.
@@ -142,7 +145,8 @@ def _score(session: Any, spec: DataSpec, expect: str, leads: int, samples: int, 
 
 
 def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_latency: bool = False,
-                   runs: int = 200, warmup: int = 20, subjects: str | None = None) -> Evaluation:
+                   runs: int = 200, warmup: int = 20, subjects: str | None = None,
+                   on_bad: str | None = None) -> Evaluation:
     """Score an exported ONNX model on a labelled dataset (any format atml.data reads).
 
     Preprocessing and label mapping come from the model's sidecar: the same segment
@@ -150,7 +154,8 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_laten
     AFIB) are class 1, ``drop_labels`` are removed. Latency is per segment at batch 1 on
     one intra-op thread (``batch_latency`` adds batches of 16 and 128). ``subjects`` keeps
     only some subjects: ``test`` (the held-out test subjects the sidecar recorded from the
-    study's split) or a comma-separated list.
+    study's split) or a comma-separated list. ``on_bad="skip"`` scores the readable segments
+    and counts the bad ones (``Evaluation.skipped``) instead of stopping at the first.
     """
     mp = Path(model_path)
     side, blob, session, leads, samples = _open(mp)
@@ -159,6 +164,8 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_laten
         raise ExportError(f"sidecar {sidecar_path(mp)}: task {side['task']}: atml evaluate scores binary models "
                           "only; multi-class and multi-label models are scored by atml export on validation data")
     spec = sidecar_spec(side, mp, data_path, samples)
+    if on_bad is not None:
+        spec = dataclasses.replace(spec, on_bad=on_bad)  # DataSpec checks the value
     expect = f"model {mp.name} expects [batch, {leads}, {samples}] (leads, samples) at {fs} Hz"
     r = _score(session, spec, expect, leads, samples, subjects, side, mp)
     pred = (r.p >= 0.5).astype(np.int64)

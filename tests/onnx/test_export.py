@@ -303,6 +303,21 @@ def test_evaluate_bad_inputs(exported, txt_sample, tmp_path, capsys):
     assert main(["evaluate", "--model", str(exported.model), "--data", str(tmp_path / "nothing")]) == 2
     assert "data path does not exist" in _one_error_line(capsys)
 
+    # imperfect data: the message names the file and says nothing of the model's input shape
+    bad = tmp_path / "imperfect"
+    shutil.copytree(txt_sample, bad)
+    files = sorted(bad.iterdir())
+    files[0].write_bytes(b"\xff\xfe not text")
+    (bad / "notes.txt").write_text("1.0\n")
+    assert main(["evaluate", "--model", str(exported.model), "--data", str(bad)]) == 2
+    msg = _one_error_line(capsys)
+    assert files[0].name in msg and "not UTF-8" in msg and "expects [batch" not in msg
+    (bad / "notes.txt").unlink()
+    # --on-bad skip scores the rest and says what it skipped
+    assert main(["evaluate", "--model", str(exported.model), "--data", str(bad), "--on-bad", "skip", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["skipped"] == 1 and out["segments"] == len(files) - 1
+
 
 def test_evaluate_on_the_held_out_test_subjects(tmp_path, write_space, atml_cmd, txt_sample):
     """A study with a test split records its test subjects; evaluate scores exactly those."""
