@@ -133,3 +133,84 @@ def test_dashboard_trial_page_shows_folds_subjects_and_readable_ranges(txt_data,
         detail = client.get("/api/studies/cv/trials/0").json()
         assert [f["fold"] for f in detail["folds"]] == [0, 1, 2]
         assert [r["subject"] for r in detail["subjects"]] == ["S1", "S19", "S36"]
+
+
+@pytest.fixture(scope="module")
+def cv_study(txt_data, txt_sample, tmp_path_factory):
+    """A finished cross-validated study in a real SQLite file (one trial), with its artifacts."""
+    from atml.storage import open_storage
+
+    root = tmp_path_factory.mktemp("cvstudy")
+    url = f"sqlite:///{root / 'atml.db'}"
+    space = space_from_dict(_space(txt_sample))
+    study = optuna.create_study(study_name="cv", direction="maximize", storage=open_storage(url, create=True),
+                                pruner=make_pruner(space.study, 2, folds=3))
+    study.set_user_attr("atml.space", space.to_json())
+    study.optimize(Objective(space, txt_data, root), n_trials=1)
+    return url, root
+
+
+def test_export_from_folds_ships_the_fold_models_and_the_honest_estimate(cv_study, txt_sample, tmp_path,
+                                                                          atml_cmd):
+    url, root = cv_study
+    out = tmp_path / "folds.onnx"
+    r = subprocess.run([*atml_cmd, "export", "--storage", url, "--study", "cv", "--artifacts", str(root),
+                        "--out", str(out), "--from-folds", "--int8"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "3 fold models averaged" in r.stdout and "cross-validated estimate" in r.stdout
+    side = json.loads(out.with_name("folds.onnx.json").read_text())
+    assert side["fit"]["mode"] == "folds" and side["fit"]["members"] == 3
+    assert side["fit"]["subjects_seen"] == ["S1", "S19", "S36"]
+    study = optuna.load_study(study_name="cv", storage=url)
+    assert side["fit"]["cross_validated"]["metrics"]["f1"] == pytest.approx(study.trials[0].value)
+    assert side["validation"]["held_out"] is False
+    # the graph is the mean of the fold models' logits
+    import torch
+
+    from atml.models import build_model
+    from atml.onnx.runtime import ort_session, run_onnx
+
+    _, ck = load_checkpoint(root / "cv" / study.trials[0].user_attrs["checkpoint"])
+    x = torch.randn(4, 1, ck["n_samples"])
+    logits = []
+    for f in ck["folds"]:
+        m = build_model(ck["family"], in_channels=1, n_classes=2, **ck["hparams"])
+        m.load_state_dict(f["state_dict"])
+        logits.append(m.eval()(x).detach())
+    expect = torch.stack(logits).mean(0).numpy()
+    got = run_onnx(ort_session(out), x.numpy())
+    assert np.abs(got - expect).max() < 1e-4
+    # and it scores as an ordinary model
+    r = subprocess.run([*atml_cmd, "evaluate", "--model", str(out), "--data", str(txt_sample), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["segments"] == 344
+
+
+def test_compare_pairs_two_configurations_on_the_same_folds(txt_sample, tmp_path, atml_cmd):
+    a = _space(txt_sample)
+    a["train"]["lr"] = 0.002
+    a.pop("validation")
+    pa, pb = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    pa.write_text(yaml.safe_dump(a))
+    pb.write_text(yaml.safe_dump(_space(txt_sample)))
+    params = tmp_path / "b.json"
+    params.write_text(json.dumps({"train.lr": 0.004}))
+    out = tmp_path / "cmp.json"
+    r = subprocess.run([*atml_cmd, "compare", str(pa), str(pb), "--params-b", str(params), "--folds", "3",
+                        "--cache", str(tmp_path / "cache"), "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    a_side, b_side = res["sides"]
+    assert [f["held_subjects"] for f in a_side["folds"]] == [f["held_subjects"] for f in b_side["folds"]]
+    assert res["diffs"] == pytest.approx([fb["f1"] - fa["f1"] for fa, fb in
+                                         zip(a_side["folds"], b_side["folds"], strict=True)])
+    assert res["low"] <= res["mean"] <= res["high"]
+    assert "95% paired interval" in r.stdout and res["verdict"] in r.stdout
+    assert b_side["params"] == {"train.lr": 0.004}
+    # a parameter the space does not search is refused, one line, exit 2
+    params.write_text(json.dumps({"train.nope": 1}))
+    r = subprocess.run([*atml_cmd, "compare", str(pa), str(pb), "--params-b", str(params), "--folds", "3",
+                        "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "not in this space: train.nope" in r.stderr.strip().splitlines()[-1]
