@@ -96,7 +96,7 @@ def check_data(space: SearchSpace, data_path: str | None, artifacts: str,
         spec = data_spec(space.data_section(overrides), data_path)
         what = spec.path if spec.path is not None else ("synthetic" if spec.format == "auto" else spec.format)
         if len(variants) > 1:
-            shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+            shown = ", ".join(f"data.{k}={v}" for k, v in overrides.items())
             note(f"checking data {what}: caching variant {i + 1}/{len(variants)} ({shown}) ...")
         else:
             note(f"checking data {what} ...")
