@@ -278,6 +278,7 @@ def _record_subjects(final: FinalFit, tr: _Trial, ref: TrialRef) -> None:
     folds = tr.ck.get("folds")
     if folds and final.info.get("mode") == "checkpoint":  # fold 0's model: all non-test subjects but its own fold
         seen = (set(split.train_subjects) | set(split.val_subjects)) - set(folds[0].get("held_subjects") or [])
+        final.validation_held_out = not seen & set(split.val_subjects)
     final.info["subjects_seen"] = sorted(seen, key=subject_sort_key)
     if folds:
         m = ref.user_attrs.get(attributes.METRICS) or {}

@@ -26,6 +26,7 @@ from atml import records
 from atml.config import Budget, SearchSpace, load_space
 from atml.data.folds import subject_folds
 from atml.errors import DataError, SpaceError
+from atml.metrics import LCB_METRIC_NAMES, SUBJECT_METRIC_NAMES
 from atml.search.local import LocalWorkers, fail_orphans, stop_workers, tail, wait_any
 from atml.search.progress import Progress, poll
 from atml.search.worker import WorkerOptions, budget_left
@@ -104,6 +105,10 @@ def check_data(space: SearchSpace, data_path: str | None, artifacts: str,
             raise DataError(f"data.path: format {spec.format} reads a dataset on disk; set data.path or pass --data")
         ds = load_dataset(spec, Path(artifacts) / "cache")
         split = ds.split(spec)
+        spread = [m for m, _ in space.study.all_objectives if m in SUBJECT_METRIC_NAMES + LCB_METRIC_NAMES]
+        if spread and getattr(ds, "task", "binary") != "binary":
+            raise SpaceError(f"{space.source}: study metric {spread[0]}: the spread over subjects is measured "
+                             f"for binary tasks only (this data is {ds.task})")
         if i == 0:
             summary = dict(split.summary())
             summary["source"] = ds.source
