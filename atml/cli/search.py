@@ -113,7 +113,8 @@ def format_summary(res: Any) -> str:
     lines.append(f"    {label}: " + "  ".join(
         f"{k} {_fmt(m[k])}" for k in ("f1", "accuracy", "precision", "recall", "auroc", "val_loss") if k in m))
     spread = [(k, v) for k, v in m.items() if k.endswith("_fold_std")]
-    spread += [(k, m[k]) for k in ("subject_f1_min", "subject_f1_p10", "f1_lcb") if k in m]
+    spread += [(k, m[k]) for k in ("subject_f1_min", "subject_f1_p10", "f1_lcb")
+               if isinstance(m.get(k), int | float) and math.isfinite(m[k])]
     if spread:
         lines.append("    spread: " + "  ".join(f"{k} {_fmt(v)}" for k, v in spread))
     lines += [f"    {k} = {_fmt(v)}" for k, v in b["params"].items()]

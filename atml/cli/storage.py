@@ -53,7 +53,11 @@ def _backup_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _backup(args: argparse.Namespace) -> int:
+    import optuna
+
     from atml.storage import backup, redact
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the copy's "study created" lines are noise here
 
     res = backup(args.storage, args.out, study=args.study)
     trials = ", ".join(f"{name} ({n} trials)" for name, n in sorted(res.studies.items())) or "no studies"
