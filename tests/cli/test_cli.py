@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ATML = str(Path(sys.executable).with_name("atml"))
-COMMANDS = ("search", "worker", "studies", "export", "evaluate", "dashboard", "avoid", "gate", "storage-proxy")
+COMMANDS = ("search", "worker", "studies", "compare", "export", "evaluate", "dashboard", "avoid", "gate",
+            "storage-proxy", "backup")
 SUBCOMMANDS = (("avoid", "list"), ("avoid", "clear"), ("avoid", "export"), ("gate", "list"), ("gate", "sync"))
 HEAVY = ("torch", "fastapi", "optuna")
 
