@@ -123,7 +123,9 @@ def _fake_trial(rng: random.Random, number: int, t0: dt.datetime) -> dict[str, A
 
 def build_study(url: str, n_trials: int, seed: int = 0) -> float:
     """Create study ``bench10k`` with ``n_trials`` trials unless it already has them; returns seconds."""
-    from optuna.storages._rdb import models as m
+    from atml.storage.optuna_internals import rdb_models
+
+    m = rdb_models()
 
     from atml import records
     from atml.config import load_space

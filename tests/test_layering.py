@@ -240,6 +240,9 @@ def test_optuna_internals_only_in_the_adapter():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in ("_trial_id", "_storage", "_study_id"):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("optuna") and \
+                    any(part.startswith("_") for part in node.module.split(".")):
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}")
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "globals":
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} globals()")
     assert OPTUNA_ADAPTER.is_file()

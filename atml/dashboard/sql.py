@@ -30,7 +30,9 @@ def naive(d: Any) -> dt.datetime:
 
 def tables() -> dict[str, Any] | None:
     try:
-        from optuna.storages._rdb import models as m
+        from atml.storage.optuna_internals import rdb_models
+
+        m = rdb_models()
     except ImportError:  # a future optuna without this module: use the storage API only
         return None
     return {

@@ -21,7 +21,7 @@ from optuna.study import Study
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial
 
-__all__ = ["BaseHeartbeat", "FrozenStudy", "trial_id", "study_id", "study_storage", "cached"]
+__all__ = ["BaseHeartbeat", "FrozenStudy", "trial_id", "study_id", "study_storage", "cached", "rdb_models"]
 
 
 def trial_id(t: FrozenTrial) -> int:
@@ -57,3 +57,15 @@ def cached(backend: BaseStorage) -> BaseStorage:
     itself builds it with ("only for internal usage")."""
     return optuna.storages.get_storage(backend)
 
+
+
+def rdb_models():  # noqa: ANN201 - Optuna's private ORM module
+    """Optuna's SQLAlchemy table models (``optuna.storages._rdb.models``).
+
+    Private: Optuna has no public schema module, and the dashboard's read-only SQL for large
+    studies must use the very tables, column types and enums Optuna writes. Imported on
+    demand (it loads SQLAlchemy's ORM).
+    """
+    from optuna.storages._rdb import models
+
+    return models
