@@ -136,7 +136,8 @@ def _worker_arguments(w: argparse.ArgumentParser) -> None:
     w.add_argument("--study", required=True, help="study name")
     w.add_argument("--data", default=None, help="local copy of the study's data (default: the stored path)")
     w.add_argument("--artifacts", default=env("ARTIFACTS"), help="artifact folder (default as for search)")
-    w.add_argument("--threads", type=int, default=int(env("THREADS", 1)))
+    w.add_argument("--threads", type=int, default=int(env("THREADS", 1)),
+                   help="torch threads of this worker (env ATML_THREADS; default %(default)s)")
     w.add_argument("--artifact-store", default=env("ARTIFACT_STORE"),
                    help="where gate folders are uploaded for other machines: a (shared) path or s3://bucket "
                         "(env ATML_ARTIFACT_STORE; default ARTIFACTS/artifact-store)")
@@ -163,7 +164,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _studies_arguments(st: argparse.ArgumentParser) -> None:
     add_storage_arg(st)
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print the list as JSON (one object per study)")
 
 
 def _studies(args: argparse.Namespace) -> int:
