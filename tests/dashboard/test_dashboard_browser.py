@@ -91,7 +91,7 @@ def test_study_page_updates_live(browser, tmp_path):
             const imp = document.getElementById('plot-importance');
             return n >= 3 && imp.querySelector('svg.main-svg') && !imp.textContent.includes('needs at least');
         }""", timeout=90_000)
-        page.wait_for_selector("#plot-pareto.js-plotly-plot svg .scatterlayer .trace", timeout=30_000)
+        page.wait_for_selector("#plot-pareto.js-plotly-plot svg .scatterlayer .trace", timeout=90_000)
         clock = page.inner_text("#live")
         # one more poll (every 2 s, longer while two workers load both cores): the clock moves, the page
         # still says live, and the screenshot is current
