@@ -8,6 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# Build: CPU (torch 2.13.0+cpu). GPU workers: deploy/Dockerfile.cuda (the CUDA build).
 # CPU-only torch first, from the PyTorch CPU index: the default index may pull a
 # multi-GB CUDA build. Its own layer, so code changes do not download it again.
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu

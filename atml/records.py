@@ -16,12 +16,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from atml.storage.resilient import study_user_attr
+
 __all__ = [
     "SPACE", "METRIC", "STOP", "DEADLINE", "AVOID_PREFIX", "GATE_PREFIX", "NOTE_PREFIX",
-    "REASON", "SKIPPED", "WORKER",
-    "attr_json", "entries", "stored_space", "stop_reason", "deadline",
+    "REASON", "SKIPPED", "WORKER", "DEVICE",
+    "attr_json", "entries", "stored_space", "stop_reason", "read_stop_reason", "deadline",
     "avoid_records", "gate_records", "note_records", "clear_prefix",
-    "reason", "set_reason", "mark_skipped", "was_skipped",
+    "reason", "set_reason", "mark_skipped", "was_skipped", "device",
     "best_trial", "feasible",
 ]
 
@@ -38,6 +40,7 @@ NOTE_PREFIX = "atml.note."  # + note id: a note on the study or on one of its tr
 REASON = "reason"  # why a trial was pruned, failed or skipped (one line)
 SKIPPED = "skipped"  # True: ended before training (size cap, avoid list); uses up no budget
 WORKER = "worker"  # host:pid of the worker that ran it
+DEVICE = "device"  # where it trained: "cpu", "mps", or "cuda:0 (NVIDIA H200)" (+ the worker's CUDA_VISIBLE_DEVICES)
 
 
 def attr_json(v: Any) -> Any:
@@ -70,6 +73,13 @@ def stored_space(user_attrs: dict[str, Any]) -> dict[str, Any] | None:
 def stop_reason(user_attrs: dict[str, Any]) -> str | None:
     v = user_attrs.get(STOP)
     return v if isinstance(v, str) and v else None
+
+
+def read_stop_reason(study: optuna.Study) -> str | None:
+    """The study's stop reason as its storage holds it now, reading that one attribute
+    only where the storage can: every epoch of every trial asks, and the study's other
+    attributes (the space, the avoid list, gate records, notes) grow with the study."""
+    return stop_reason({STOP: study_user_attr(study, STOP)})
 
 
 def deadline(user_attrs: dict[str, Any]) -> float | None:
@@ -118,6 +128,12 @@ def mark_skipped(trial: Any, why: str) -> None:
 def was_skipped(trial: Any) -> bool:
     """Whether ``trial`` (frozen or live) ended before training (see :data:`SKIPPED`)."""
     return bool(trial.user_attrs.get(SKIPPED))
+
+
+def device(trial: Any) -> str | None:
+    """Where ``trial`` (frozen or live) trained (see :data:`DEVICE`); None when it did not record it."""
+    v = trial.user_attrs.get(DEVICE)
+    return v if isinstance(v, str) and v else None
 
 
 def feasible(t: FrozenTrial) -> bool:

@@ -1,5 +1,10 @@
 """Fit and evaluate one model configuration: no Optuna, no storage, plain tensors.
 
+Training runs where the data is (or on ``device``): the model, each batch and the
+augmentation live there, with mixed precision when ``cfg.precision`` asks for it. What
+leaves :func:`fit` is on the CPU (the kept weights) or numpy (predictions), so a checkpoint,
+an ONNX export and int8 calibration never see a GPU tensor.
+
 Early stopping follows ATML's rule: stop once the validation loss has not improved for
 ``patience`` epochs *and* the training loss is below the validation loss by more than
 ``gap`` (the model overfits rather than still learning). The study objective is reported
@@ -8,10 +13,12 @@ after every epoch through ``report``, which may raise to prune the trial.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,7 +28,9 @@ import torch
 from torch import nn
 
 from atml.config import TrainConfig  # re-exported: atml.train.TrainConfig keeps working
+from atml.device import check_precision
 from atml.metrics import task_metrics
+from atml.models.transfer import keep_frozen_eval, param_groups
 
 __all__ = ["TrainConfig", "TrainResult", "Interrupted", "fit", "predict_proba", "evaluate"]
 
@@ -61,7 +70,8 @@ def _better(a: float, b: float, direction: str) -> bool:
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = model.parameters()
+    # A warm start's backbone learns at lr * lr_scale (atml.models.transfer).
+    params = model.parameters() if cfg.lr_scale == 1 else param_groups(model, cfg.lr, cfg.lr_scale)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -71,23 +81,29 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def augment(xb: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+def augment(xb: torch.Tensor, strength: float, gen: torch.Generator,
+            noise_gen: torch.Generator | None = None) -> torch.Tensor:
     """Random ECG-like perturbations of a training batch (``strength`` 0 = none, 1 = strong).
 
     Amplitude scaling, a time shift, Gaussian noise and a slow baseline wander: the things
     that differ between subjects and recordings, so the model leans on rhythm, not on them.
+    The per-segment draws come from the CPU generator ``gen`` and move to the batch's
+    device (a few numbers); the noise, as large as the batch, is drawn where the batch is,
+    from ``noise_gen`` (a generator on that device; default ``gen``, for a CPU batch).
     """
     if strength <= 0:
         return xb
     b, c, n = xb.shape
-    scale = 1 + 0.5 * strength * (2 * torch.rand(b, 1, 1, generator=gen) - 1)
+    dev = xb.device
+    scale = (1 + 0.5 * strength * (2 * torch.rand(b, 1, 1, generator=gen) - 1)).to(dev)
     shift = int(torch.randint(0, n, (1,), generator=gen))
     out = torch.roll(xb, shifts=shift, dims=2) * scale
-    out = out + 0.1 * strength * torch.randn(out.shape, generator=gen)
-    cycles = 0.5 + 1.5 * torch.rand(b, 1, 1, generator=gen)  # 0.5-2 cycles per segment
-    phase = 2 * math.pi * torch.rand(b, 1, 1, generator=gen)
-    t = torch.linspace(0, 2 * math.pi, n).view(1, 1, n)
-    return out + 0.3 * strength * torch.rand(b, 1, 1, generator=gen) * torch.sin(cycles * t + phase)
+    out = out + 0.1 * strength * torch.randn(out.shape, generator=gen if noise_gen is None else noise_gen, device=dev)
+    cycles = (0.5 + 1.5 * torch.rand(b, 1, 1, generator=gen)).to(dev)  # 0.5-2 cycles per segment
+    phase = (2 * math.pi * torch.rand(b, 1, 1, generator=gen)).to(dev)
+    t = torch.linspace(0, 2 * math.pi, n, device=dev).view(1, 1, n)
+    wander = (0.3 * strength * torch.rand(b, 1, 1, generator=gen)).to(dev)
+    return out + wander * torch.sin(cycles * t + phase)
 
 
 def stretch(xb: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
@@ -113,32 +129,59 @@ def stretch(xb: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tens
     return out[..., start : start + n]
 
 
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for ``precision`` bf16/fp16 on ``device``; fp32 changes nothing."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def predict_proba(
-    model: nn.Module, x: torch.Tensor, batch_size: int = 1024, task: str = "binary"
+    model: nn.Module, x: torch.Tensor, batch_size: int = 1024, task: str = "binary", precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (sigmoid for multilabel, else softmax) and logits (eval, no grad)."""
+    """Class probabilities (sigmoid for multilabel, else softmax) and logits (eval, no grad), as
+    numpy; the model runs where it is (a batch of ``x`` elsewhere is moved there)."""
     model.eval()
+    dev = _device_of(model)
     logits = []
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(dev, precision):
         for i in range(0, len(x), batch_size):
-            logits.append(model(x[i : i + batch_size]))
-    out = torch.cat(logits) if logits else torch.empty(0, 2)
+            logits.append(model(x[i : i + batch_size].to(dev)))
+    out = (torch.cat(logits) if logits else torch.empty(0, 2)).float().cpu()
     proba = torch.sigmoid(out) if task == "multilabel" else torch.softmax(out, dim=1)
     return proba.numpy(), out.numpy()
 
 
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module | None = None,
-    task: str = "binary", classes: tuple[str, ...] = (),
+    task: str = "binary", classes: tuple[str, ...] = (), precision: str = "fp32",
 ) -> dict[str, float]:
-    """Validation metrics of the task (binary: class 1 positive) and mean loss."""
-    proba, logits = predict_proba(model, x, task=task)
+    """Validation metrics of the task (binary: class 1 positive) and mean loss (on the CPU)."""
+    proba, logits = predict_proba(model, x, task=task, precision=precision)
     loss_fn = loss_fn or _loss(task)
+    y = y.cpu()
     with torch.no_grad():
         loss = float(loss_fn(torch.from_numpy(logits), y)) if len(y) else math.nan
     m = task_metrics(task, y.numpy(), proba, classes)
     m["val_loss"] = loss
     return m
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s state dict on the CPU (what a checkpoint stores and ONNX export loads)."""
+    sd = module.state_dict()
+    if all(v.device.type == "cpu" for v in sd.values()):
+        return copy.deepcopy(sd)
+    out: OrderedDict[str, torch.Tensor] = OrderedDict((k, v.detach().to("cpu", copy=True)) for k, v in sd.items())
+    meta = getattr(sd, "_metadata", None)  # the modules' state versions, which load_state_dict reads
+    if meta is not None:
+        out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+    return out
 
 
 def _loss(task: str, y_train: torch.Tensor | None = None, n_classes: int = 2, weighted: bool = False,
@@ -193,6 +236,7 @@ def fit(
     report: Callable[[int, float, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     classes: tuple[str, ...] = (),
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train ``model`` and return the best epoch's metrics and weights (``cfg.keep="last"``:
     the last epoch's, for a fixed-length refit whose validation data may be in training).
@@ -200,8 +244,23 @@ def fit(
     ``report(epoch, objective, metrics)`` is called after each epoch and may raise (e.g.
     ``optuna.TrialPruned``) to stop; ``should_stop()`` is polled every batch and makes
     the loop raise :class:`Interrupted`.
+
+    Trains on ``device`` (default: where ``x_train`` is); the model is moved there and
+    stays, data elsewhere is copied there once. The kept weights come back on the CPU.
     """
+    dev = torch.device(device) if device is not None else x_train.device
+    check_precision((cfg.precision,), str(dev))
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest kernels
+    model.to(dev)
+    x_train, y_train, x_val, y_val = (t.to(dev) for t in (x_train, y_train, x_val, y_val))
+    # Indices and per-segment draws come from a CPU generator (a CPU run is the same as ever);
+    # noise as large as a batch is drawn on the device, from its own generator.
     gen = torch.Generator().manual_seed(cfg.seed)
+    noise_gen = gen if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(cfg.seed)
+    scaler = torch.amp.GradScaler(dev.type) if cfg.precision == "fp16" else None
+    # Summed on the device without a sync per batch; float64 is exactly what float() summed.
+    acc_dtype = torch.float32 if dev.type == "mps" else torch.float64
     model.eval()
     with torch.no_grad():  # eval mode: a probe must not touch BatchNorm statistics
         n_classes = int(model(x_train[:2]).shape[1]) if len(x_train) else 2
@@ -229,8 +288,9 @@ def fit(
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        perm = torch.randperm(n, generator=gen)
-        total, seen = 0.0, 0
+        keep_frozen_eval(model)  # a warm start's frozen blocks keep their BatchNorm statistics
+        perm = torch.randperm(n, generator=gen).to(dev)
+        total, seen = torch.zeros((), dtype=acc_dtype, device=dev), 0
         for i in range(0, n, cfg.batch_size):
             if should_stop is not None and should_stop():
                 raise Interrupted("worker asked to stop")
@@ -238,17 +298,23 @@ def fit(
             if len(idx) < 2 and seen:  # a batch of one breaks BatchNorm in train mode
                 continue
             xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
-            xb = augment(stretch(xb, cfg.stretch, gen), cfg.augment, gen)
+            xb = augment(stretch(xb, cfg.stretch, gen), cfg.augment, gen, noise_gen)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            opt.step()
+            with _autocast(dev, cfg.precision):
+                loss = loss_fn(model(xb), yb)
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:  # fp16: scaled gradients, steps with inf/nan gradients skipped
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             if averaged is not None:
                 averaged.update_parameters(model)
-            total += float(loss.detach()) * len(idx)
+            total += loss.detach().to(acc_dtype) * len(idx)
             seen += len(idx)
-        train_loss = total / max(seen, 1)
-        m = evaluate(scored, x_val, y_val, eval_loss, task=cfg.task, classes=classes)
+        train_loss = float(total) / max(seen, 1)
+        m = evaluate(scored, x_val, y_val, eval_loss, task=cfg.task, classes=classes, precision=cfg.precision)
         t_epochs += time.perf_counter() - t0
         m["train_loss"] = train_loss
         m["epoch"] = epoch
@@ -260,7 +326,7 @@ def fit(
         if best_epoch < 0 or _better(obj, best_obj, cfg.direction) or (
                 cfg.keep == "last" and epoch == cfg.epochs - 1):
             best_obj, best_epoch, best_metrics = obj, epoch, dict(m)
-            best_state = copy.deepcopy(scored.state_dict())
+            best_state = _cpu_state(scored)
         sched.step(m["val_loss"])
         if m["val_loss"] < best_loss - 1e-6:
             best_loss, since_loss_improved = m["val_loss"], 0

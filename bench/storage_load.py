@@ -1,14 +1,32 @@
-"""Storage load: trials per second and errors of N worker processes on PostgreSQL and SQLite.
+"""Storage load: trials per second, errors and lost trials of N worker processes on
+PostgreSQL and SQLite, and the storage client CPU of real trials.
 
-Each worker process opens its storage exactly as `atml worker` does
-(``atml.storage.open_storage(url, heartbeat=True)``: pool + pre-ping on PostgreSQL, WAL +
-busy timeout on SQLite, heartbeats with retry of stale trials) and runs atml's loop
-shape: check the global budget (count finished + running trials of the study), then
-``study.optimize(n_trials=1)`` with a trivial objective that suggests 3 parameters,
-records the worker and one intermediate value, and sleeps ~10 ms. No training, so the
-storage is what is measured. The random sampler keeps sampler cost out of the figures.
+Three modes:
+
+``--mode cpu`` (the default): each worker process opens its storage exactly as `atml
+worker` does (``atml.storage.open_storage(url, heartbeat=True)``: pool + pre-ping on
+PostgreSQL, WAL + busy timeout on SQLite, heartbeats with retry of stale trials) and runs
+atml's loop shape: check the global budget (count finished + running trials of the
+study), then ``study.optimize(n_trials=1)`` with a trivial objective that suggests 3
+parameters, records the worker and one intermediate value, and sleeps ~10 ms. No
+training, so the storage is what is measured. The random sampler keeps sampler cost out.
+
+``--mode io``: the same loop, but each trial is what a trial on a remote GPU looks like to
+the storage: ``--epochs`` epochs (10) spread over ``--trial-seconds`` of sleep, each
+reported to the (median) pruner and followed by the study-stop check every atml trial
+makes. The ideal is ``workers / trial-seconds`` trials per second; the figure of merit is
+measured / ideal, with no errors and no lost trial (budget - completed). Several
+``--trial-seconds`` values sweep the load, to find where a back-end stops keeping up.
+
+``--mode trial``: one `atml worker` (in this process) runs ``--trials`` real 10-epoch
+trials of an afib.yaml-like space on real IESD segments (``--data``, default
+../shared/data/iesd2024/txt_sample) and the thread CPU time spent inside every storage
+call (Optuna's heartbeat thread included) is summed: storage client CPU per trial, with
+the calls that cost most.
 
     python bench/storage_load.py [--workers 8] [--trials 400] [--heartbeat 1]
+    python bench/storage_load.py --mode io --workers 32 --trial-seconds 2 1 0.5
+    python bench/storage_load.py --mode trial --trials 6 --backends postgresql
         [--pg postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--backends postgresql sqlite]
 
 For PostgreSQL a throw-away database is created next to the one named in --pg (on
@@ -19,6 +37,7 @@ loop plus trials that ended FAIL.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -27,17 +46,27 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parents[1]
+# atml.trial.pruning.STOP_CHECK_SECONDS, not imported: that package loads torch, and 32 workers
+# importing torch would measure the import, not the storage.
+STOP_CHECK_SECONDS = 2.0
 
-def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float) -> None:
-    """One worker process: wait for 'go' on stdin, run trials until the budget is spent."""
+
+def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float, epochs: int) -> None:
+    """One worker process: wait for 'go' on stdin, run trials until the budget is spent.
+
+    ``epochs`` 0: the trivial cpu-mode objective; else ``epochs`` reported steps over
+    ``sleep`` seconds, each with the per-epoch stop check of an atml trial."""
     import logging
     import warnings
 
     import optuna
     from optuna.trial import TrialState
 
+    from atml import records
     from atml.storage import open_storage, worker_id
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -45,7 +74,8 @@ def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float) -
     warnings.simplefilter("ignore")
     storage = open_storage(url, heartbeat=True, heartbeat_interval=heartbeat, grace_period=max(30, 3 * heartbeat))
     study = optuna.load_study(study_name=study_name, storage=storage,
-                              sampler=optuna.samplers.RandomSampler(seed=os.getpid()))
+                              sampler=optuna.samplers.RandomSampler(seed=os.getpid()),
+                              pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3))
     me = worker_id()
 
     def objective(trial: optuna.Trial) -> float:
@@ -53,14 +83,31 @@ def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float) -
         n = trial.suggest_int("width", 4, 32)
         k = trial.suggest_categorical("kernel", [3, 5, 7])
         trial.set_user_attr("worker", me)
-        trial.report(x * n, 0)
-        time.sleep(sleep)
+        if not epochs:
+            trial.report(x * n, 0)
+            time.sleep(sleep)
+            return x * n / k
+        checked = -STOP_CHECK_SECONDS
+        for epoch in range(epochs):
+            time.sleep(sleep / epochs)  # training on the accelerator: the CPU is idle
+            trial.report(x * n * (epoch + 1), epoch)
+            if time.monotonic() - checked >= STOP_CHECK_SECONDS:  # the stop check of atml.trial.pruning
+                checked = time.monotonic()
+                if records.read_stop_reason(study):
+                    raise optuna.TrialPruned("study stopped")
+            trial.should_prune()  # asked, as a trial does; never acted on, so every trial runs in full
+        trial.set_user_attr("history", [{"f1": x} for _ in range(epochs)])
         return x * n / k
 
+    # One trial of a study of its own first, as a worker that has been running a while:
+    # SQLAlchemy compiles each statement once per process, and that is not storage load.
+    warm = optuna.load_study(study_name=f"{study_name}-warm", storage=storage)
+    warm.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     print("ready", flush=True)
     sys.stdin.readline()
     cpu0 = time.process_time()
     ran = errors = 0
+    last = time.time()
     samples: list[str] = []
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     got: list[optuna.trial.FrozenTrial] = []
@@ -70,11 +117,12 @@ def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float) -
             if len(active) >= total:
                 if sum(t.state != TrialState.RUNNING for t in active) >= total:
                     break
-                time.sleep(0.05)
+                time.sleep(0.05 if not epochs else 0.5)
                 continue
             got.clear()
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda _s, ft: got.append(ft)])
             ran += 1
+            last = time.time()
             if got and got[-1].state == TrialState.FAIL:
                 errors += 1
                 samples.append(f"trial {got[-1].number} FAIL")
@@ -82,20 +130,26 @@ def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float) -
             errors += 1
             samples.append(f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
     cpu = time.process_time() - cpu0
-    print(json.dumps({"ran": ran, "errors": errors, "samples": samples[:3], "cpu_s": cpu}), flush=True)
+    print(json.dumps({"ran": ran, "errors": errors, "samples": samples[:3], "cpu_s": cpu, "last": last}), flush=True)
 
 
 class _ServerCpu:
-    """CPU seconds of the PostgreSQL backends serving database ``db`` (server on this machine)."""
+    """CPU seconds of the PostgreSQL backends serving database ``db`` (server on this machine)
+    since :meth:`reset` (or the start)."""
 
     def __init__(self, admin: str | None, db: str | None) -> None:
         self.admin, self.db = admin, db
         self.seen: dict[int, float] = {}
+        self.base: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._con = None
 
     def __enter__(self) -> _ServerCpu:
         if self.admin:
+            import psycopg
+
+            self._con = psycopg.connect(self.admin, autocommit=True)
             self._thread.start()
         return self
 
@@ -103,30 +157,41 @@ class _ServerCpu:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        if self._con is not None:
+            self._con.close()
+
+    def _sample(self, con: object) -> list[tuple[int, float]]:
+        tick = os.sysconf("SC_CLK_TCK")
+        out = []
+        for (pid,) in con.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.db,)).fetchall():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone, or the server is on another machine
+                continue
+            out.append((pid, (int(fields[11]) + int(fields[12])) / tick))
+        return out
 
     def _loop(self) -> None:
         import psycopg
 
-        tick = os.sysconf("SC_CLK_TCK")
         with psycopg.connect(self.admin, autocommit=True) as con:
             while True:
-                pids = [r[0] for r in con.execute(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.db,))]
-                for pid in pids:
-                    try:
-                        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                    except OSError:  # gone, or the server is on another machine
-                        continue
-                    self.seen[pid] = max(self.seen.get(pid, 0.0), (int(fields[11]) + int(fields[12])) / tick)
+                for pid, cpu in self._sample(con):
+                    self.seen[pid] = max(self.seen.get(pid, 0.0), cpu)
                 if self._stop.wait(0.2):
                     return
 
+    def reset(self) -> None:
+        """Count from now: the CPU the backends have used so far (warm-up) is left out."""
+        if self._con is not None:
+            self.base = dict(self._sample(self._con))
+
     @property
     def seconds(self) -> float:
-        return sum(self.seen.values())
+        return sum(v - self.base.get(pid, 0.0) for pid, v in self.seen.items())
 
 
-def run(url: str, workers: int, total: int, heartbeat: int, sleep: float,
+def run(url: str, workers: int, total: int, heartbeat: int, sleep: float, epochs: int = 0,
         admin: str | None = None, db: str | None = None) -> dict:
     import optuna
 
@@ -136,82 +201,217 @@ def run(url: str, workers: int, total: int, heartbeat: int, sleep: float,
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     # study and tables once, before the workers (concurrent schema creation races)
     optuna.create_study(storage=open_storage(url, create=True), study_name=name)
-    procs = [subprocess.Popen([sys.executable, __file__, "--child", url, name, str(total), str(heartbeat), str(sleep)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
+    optuna.create_study(storage=open_storage(url), study_name=f"{name}-warm")
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", url, name, str(total), str(heartbeat), str(sleep),
+                               str(epochs)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(workers)]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    t0 = time.perf_counter()
-    for p in procs:
-        assert p.stdin is not None
-        p.stdin.write("go\n")
-        p.stdin.flush()
     reports = []
     with _ServerCpu(admin, db) as server:
+        server.reset()  # the warm-up trials are not counted
+        t0 = time.time()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
         for p in procs:
             out, _ = p.communicate(timeout=900)
-            wall = time.perf_counter() - t0
             reports.append(json.loads(out.strip().splitlines()[-1]) if p.returncode == 0 else
-                           {"ran": 0, "errors": 1, "samples": [f"exit code {p.returncode}"], "cpu_s": 0.0})
+                           {"ran": 0, "errors": 1, "samples": [f"exit code {p.returncode}"], "cpu_s": 0.0,
+                            "last": time.time()})
+    # from "go" to the last trial's end: a worker's exit (interpreter teardown) is not storage time
+    wall = max(r["last"] for r in reports) - t0
     trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     return {
         "complete": complete, "trials": len(trials), "wall_s": wall, "trials_per_s": complete / wall,
         "errors": sum(r["errors"] for r in reports), "samples": [s for r in reports for s in r["samples"]][:5],
         "running_left": sum(t.state == optuna.trial.TrialState.RUNNING for t in trials),
+        "lost": total - complete,
         "client_cpu_ms": 1000 * sum(r["cpu_s"] for r in reports) / max(1, complete),
         "server_cpu_ms": 1000 * server.seconds / max(1, complete),
     }
 
 
+# --------------------------------------------------------------------------- real trials
+
+
+class StorageCpu:
+    """Thread CPU time spent inside each public method of ``cls`` (outermost calls only)."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.cpu: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._local = threading.local()
+        self._saved: dict[str, object] = {}
+
+    def _wrap(self, name: str, fn):  # noqa: ANN001, ANN202 - any storage method
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if getattr(self._local, "inside", False):
+                return fn(*args, **kwargs)
+            self._local.inside = True
+            t0 = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - t0
+                self.calls[name] = self.calls.get(name, 0) + 1
+                self._local.inside = False
+
+        return timed
+
+    def __enter__(self) -> StorageCpu:
+        from optuna.storages import BaseStorage
+
+        names = {n for n in dir(BaseStorage) if not n.startswith("__")}
+        names |= {"record_heartbeat", "get_heartbeat_interval", "get_study_user_attr"}
+        names.add("_get_stale_trial_ids")  # Optuna's heartbeat interface, called by fail_stale_trials
+        for n in sorted(names):
+            fn = getattr(self.cls, n, None)
+            if callable(fn):
+                self._saved[n] = self.cls.__dict__.get(n, fn)
+                setattr(self.cls, n, self._wrap(n, fn))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for n, fn in self._saved.items():
+            setattr(self.cls, n, fn)
+
+
+def trial_space(data: str, trials: int, epochs: int, name: str) -> dict:
+    """search_spaces/afib.yaml on real segments: every trial trains ``epochs`` epochs (no pruning)."""
+    import yaml
+
+    sp = yaml.safe_load((HERE / "search_spaces" / "afib.yaml").read_text())
+    sp["study"].update(name=name, pruner={"type": "none"})
+    sp["budget"] = {"n_trials": trials}
+    sp["data"].update(path=data, val_fraction=0.34, test_fraction=0.0)
+    sp["train"].update(epochs=epochs, patience=99)
+    return sp
+
+
+def real_trials(url: str, data: str, trials: int, epochs: int, tmp: Path) -> dict:
+    import yaml
+
+    from atml.search.coordinator import SearchOptions, run_search
+    from atml.search.worker import WorkerOptions, run_worker
+    from atml.storage.resilient import ResilientStorage
+
+    name = "cpu"
+    space = tmp / "space.yaml"
+    space.write_text(yaml.safe_dump(trial_space(data, trials, epochs, name)))
+    art = tmp / "artifacts"
+    run_search(SearchOptions(space_path=str(space), storage=url, workers=0, artifacts=str(art), progress=False))
+    with StorageCpu(ResilientStorage) as meter:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        ran = run_worker(WorkerOptions(storage=url, study=name, artifacts=str(art)))
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
+    total = sum(meter.cpu.values())
+    top = sorted(meter.cpu, key=meter.cpu.__getitem__, reverse=True)[:8]
+    return {
+        "trials": ran, "wall_s": wall, "process_cpu_ms": 1000 * cpu / max(1, ran),
+        "storage_cpu_ms": 1000 * total / max(1, ran), "storage_calls": sum(meter.calls.values()) / max(1, ran),
+        "top": [(n, 1000 * meter.cpu[n] / max(1, ran), meter.calls[n] / max(1, ran)) for n in top],
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def backend_url(backend: str, pg: str) -> Iterator[tuple[str, str | None, str | None, Path]]:
+    """``(url, admin url, database, scratch folder)`` of a throw-away study database."""
+    with tempfile.TemporaryDirectory(prefix="atml-load-") as tmp:
+        if backend == "sqlite":
+            yield f"sqlite:///{Path(tmp) / 'load.db'}", None, None, Path(tmp)
+            return
+        import psycopg
+
+        base, _, _ = pg.rpartition("/")
+        db = f"atml_load_{uuid.uuid4().hex[:8]}"
+        admin = pg.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(admin, autocommit=True) as con:
+            con.execute(f'CREATE DATABASE "{db}"')
+        try:
+            yield f"{base}/{db}", admin, db, Path(tmp)
+        finally:
+            with psycopg.connect(admin, autocommit=True) as con:
+                con.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def print_load(args: argparse.Namespace, rows: list[dict]) -> None:
+    io = args.mode == "io"
+    print(f"{args.workers} workers, heartbeat {args.heartbeat} s, {os.cpu_count()} CPUs; "
+          + (f"{args.epochs} epochs per trial" if io else f"budget {rows[0]['trials']} trials, objective "
+                                                          f"{args.sleep * 1000:.0f} ms"))
+    print(f"{'backend':10s} " + (f"{'trial s':>7s} {'budget':>6s} {'ideal/s':>7s} " if io else "")
+          + f"{'complete':>8s} {'wall s':>7s} {'trials/s':>9s} " + (f"{'x ideal':>7s} " if io else "")
+          + f"{'errors':>6s} {'lost':>4s} {'running':>7s} {'CPU ms/trial (workers + server)':>32s}")
+    for r in rows:
+        cpu = f"{r['client_cpu_ms'] + r['server_cpu_ms']:.0f} ({r['client_cpu_ms']:.0f} + {r['server_cpu_ms']:.0f})"
+        ideal = args.workers / r["trial_s"] if io else 0.0
+        print(f"{r['backend']:10s} " + (f"{r['trial_s']:7.2f} {r['budget']:6d} {ideal:7.1f} " if io else "")
+              + f"{r['complete']:8d} {r['wall_s']:7.1f} {r['trials_per_s']:9.2f} "
+              + (f"{r['trials_per_s'] / ideal:7.2f} " if io else "")
+              + f"{r['errors']:6d} {r['lost']:4d} {r['running_left']:7d} {cpu:>32s}")
+        for s in r["samples"]:
+            print(f"    {s}")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        url, study, total, hb, sleep = sys.argv[2:7]
-        child(url, study, int(total), int(hb), float(sleep))
+        url, study, total, hb, sleep, epochs = sys.argv[2:8]
+        child(url, study, int(total), int(hb), float(sleep), int(epochs))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=["cpu", "io", "trial"], default="cpu")
     ap.add_argument("--workers", type=int, default=8)
-    ap.add_argument("--trials", type=int, default=400, help="global budget per back-end")
-    ap.add_argument("--heartbeat", type=int, default=1, help="heartbeat interval, seconds (atml default 10)")
-    ap.add_argument("--sleep", type=float, default=0.01, help="objective time, seconds")
+    ap.add_argument("--trials", type=int, default=None,
+                    help="global budget per back-end (cpu: 400; io: 6 per worker; trial: 6)")
+    ap.add_argument("--heartbeat", type=int, default=None,
+                    help="heartbeat interval, seconds (cpu: 1; io: 10, atml's default)")
+    ap.add_argument("--sleep", type=float, default=0.01, help="cpu mode: objective time, seconds")
+    ap.add_argument("--trial-seconds", type=float, nargs="+", default=[2.0], help="io mode: seconds per trial")
+    ap.add_argument("--epochs", type=int, default=10, help="io and trial modes: epochs per trial")
+    ap.add_argument("--data", default=str(HERE.parent / "shared" / "data" / "iesd2024" / "txt_sample"),
+                    help="trial mode: the real segments trained on")
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                     help="a database on the PostgreSQL server to use (a scratch database is created beside it)")
     ap.add_argument("--backends", nargs="+", default=["postgresql", "sqlite"], choices=["postgresql", "sqlite"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-
-    import psycopg
+    if args.heartbeat is None:
+        args.heartbeat = 1 if args.mode == "cpu" else 10
 
     rows = []
-    for backend in args.backends:
-        if backend == "postgresql":
-            base, _, _ = args.pg.rpartition("/")
-            db = f"atml_load_{uuid.uuid4().hex[:8]}"
-            admin = args.pg.replace("postgresql+psycopg://", "postgresql://")
-            with psycopg.connect(admin, autocommit=True) as con:
-                con.execute(f'CREATE DATABASE "{db}"')
-            try:
-                res = run(f"{base}/{db}", args.workers, args.trials, args.heartbeat, args.sleep, admin, db)
-            finally:
-                with psycopg.connect(admin, autocommit=True) as con:
-                    con.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                res = run(f"sqlite:///{Path(tmp) / 'load.db'}", args.workers, args.trials, args.heartbeat, args.sleep)
-        rows.append({"backend": backend, "workers": args.workers, **res})
+    if args.mode == "trial":
+        for backend in args.backends:
+            with backend_url(backend, args.pg) as (url, _, _, tmp):
+                rows.append({"backend": backend, **real_trials(url, args.data, args.trials or 6, args.epochs, tmp)})
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            print(f"{r['backend']}: {r['trials']} real {args.epochs}-epoch trials in {r['wall_s']:.1f} s; storage "
+                  f"client CPU {r['storage_cpu_ms']:.1f} ms/trial in {r['storage_calls']:.0f} calls "
+                  f"(process CPU {r['process_cpu_ms']:.0f} ms/trial)")
+            for name, ms, calls in r["top"]:
+                print(f"    {name:34s} {ms:7.1f} ms/trial {calls:6.1f} calls/trial")
+        return
 
+    for backend in args.backends:
+        for seconds in (args.trial_seconds if args.mode == "io" else [args.sleep]):
+            total = args.trials or (400 if args.mode == "cpu" else 6 * args.workers)
+            with backend_url(backend, args.pg) as (url, admin, db, _):
+                epochs = args.epochs if args.mode == "io" else 0
+                res = run(url, args.workers, total, args.heartbeat, seconds, epochs, admin, db)
+            rows.append({"backend": backend, "workers": args.workers, "trial_s": seconds, "budget": total, **res})
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"{args.workers} workers, budget {args.trials} trials, objective {args.sleep * 1000:.0f} ms, "
-          f"heartbeat {args.heartbeat} s, {os.cpu_count()} CPUs")
-    print(f"{'backend':10s} {'complete':>8s} {'wall s':>7s} {'trials/s':>9s} {'errors':>6s} {'running':>7s} "
-          f"{'CPU ms/trial (workers + server)':>32s}")
-    for r in rows:
-        cpu = f"{r['client_cpu_ms'] + r['server_cpu_ms']:.0f} ({r['client_cpu_ms']:.0f} + {r['server_cpu_ms']:.0f})"
-        print(f"{r['backend']:10s} {r['complete']:8d} {r['wall_s']:7.1f} {r['trials_per_s']:9.1f} "
-              f"{r['errors']:6d} {r['running_left']:7d} {cpu:>32s}")
-        for s in r["samples"]:
-            print(f"    {s}")
+    print_load(args, rows)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "atml"
 
-# errors < config/storage/data/models/metrics/plots/records < train < trial/gate/onnx
+# errors < config/storage/data/models/metrics/plots/records/device < train < trial/gate/onnx
 # < search < dashboard/cli
 LEVELS = {
     "errors": 0,
-    "config": 1, "storage": 1, "data": 1, "models": 1, "metrics": 1, "plots": 1, "records": 1,
+    "config": 1, "storage": 1, "data": 1, "models": 1, "metrics": 1, "plots": 1, "records": 1, "device": 1,
     "train": 2,
     "trial": 3, "gate": 3, "onnx": 3,
     "search": 4,

@@ -122,3 +122,46 @@ def test_stretch_changes_the_beat_rate_within_its_range_and_is_seeded(synthetic)
     res = fit(build_model("afnet", in_channels=1, n_classes=2), synthetic.x_train, synthetic.y_train,
               synthetic.x_val, synthetic.y_val, TrainConfig(epochs=1, stretch=0.3))
     assert math.isfinite(res.metrics["val_loss"])
+
+
+def test_bf16_trains_on_the_cpu_and_keeps_float32_weights(synthetic):
+    """Mixed precision changes the arithmetic, not what is kept: float32 weights on the CPU."""
+    from atml.train import predict_proba
+
+    torch.manual_seed(0)
+    d = synthetic
+    model = build_model("afnet", in_channels=1, n_classes=2, width=6, depth=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = fit(model, d.x_train, d.y_train, d.x_val, d.y_val, TrainConfig(epochs=2, precision="bf16", augment=0.3))
+    assert res.epochs_run == 2 and math.isfinite(res.metrics["val_loss"]) and 0 <= res.metrics["f1"] <= 1
+    assert all(v.device.type == "cpu" for v in res.state_dict.values())
+    floats = [k for k, v in res.state_dict.items() if v.dtype.is_floating_point]
+    assert all(res.state_dict[k].dtype == torch.float32 for k in floats)
+    assert any(not torch.equal(before[k], res.state_dict[k]) for k in floats)
+    proba, logits = predict_proba(model, d.x_val, precision="bf16")
+    assert proba.dtype == logits.dtype and proba.shape == (len(d.y_val), 2)
+    fp32 = fit(build_model("afnet", in_channels=1, n_classes=2, width=6, depth=2), d.x_train, d.y_train, d.x_val,
+               d.y_val, TrainConfig(epochs=1))
+    assert fp32.history[0]["train_loss"] != res.history[0]["train_loss"]  # bf16 really ran
+
+
+def test_fp16_needs_cuda(synthetic):
+    from atml.device import DeviceError
+
+    d = synthetic
+    with pytest.raises(DeviceError, match="train.precision fp16 needs a CUDA device"):
+        fit(build_model("afnet", in_channels=1, n_classes=2), d.x_train, d.y_train, d.x_val, d.y_val,
+            TrainConfig(epochs=1, precision="fp16"), device="cpu")
+
+
+def test_fit_trains_where_it_is_told_and_the_same_seed_gives_the_same_run(synthetic):
+    d = synthetic
+    runs = []
+    for device in (None, "cpu"):
+        torch.manual_seed(1)
+        model = build_model("sepnet", in_channels=1, n_classes=2, width=8, depth=2)
+        runs.append(fit(model, d.x_train, d.y_train, d.x_val, d.y_val,
+                        TrainConfig(epochs=1, augment=0.5, stretch=0.2, seed=4), device=device))
+        assert next(model.parameters()).device.type == "cpu"
+    a, b = runs
+    assert a.history == b.history and all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)

@@ -93,6 +93,7 @@ def test_export_multilabel_model(shared_data, tmp_path, atml_cmd):
                         "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     side = json.loads(Path(f"{out}.json").read_text())
-    assert side["task"] == "multilabel" and side["input"]["shape"] == ["batch", 12, 2500]
+    assert side["task"] == "multilabel" and side["input"]["shape"] == ["batch", 12, 5000]  # raw, 500 Hz
+    assert side["network"]["shape"] == ["batch", 12, 2500]
     assert side["classes"] == ["SR", "AF", "TAb", "STach", "PAC"] and "sigmoid" in side["output"]["meaning"]
     assert side["parity"]["max_abs_diff"] < 1e-4 and "f1_AF" in side["metrics"]["float"]

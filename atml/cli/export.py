@@ -37,6 +37,9 @@ def _export_arguments(e: argparse.ArgumentParser) -> None:
                    help="a cross-validated trial (validation.scheme: subject_kfold): ship its K fold models as "
                         "one mean-logits model, no retraining (together they saw every non-test subject; the "
                         "sidecar keeps the out-of-fold figures as the estimate)")
+    e.add_argument("--no-preprocessing", action="store_true",
+                   help="ship the network alone, fed preprocessed input (default: a graph that takes the "
+                        "recording as the source has it and does the trial's preprocessing inside)")
     e.add_argument("--json", action="store_true", help="print the sidecar(s) as one JSON object")
     e.add_argument("-v", "--verbose", action="store_true")
     e.set_defaults(quiet=True)  # warnings only, so an error stays the one line on stderr
@@ -68,6 +71,33 @@ def _metric_line(m: dict[str, Any] | None) -> str:
     return "  ".join(f"{k} {_f(m.get(k))}" for k in _METRICS) if m else "n/a"
 
 
+def _band(band: list[float | None]) -> str:
+    low, high = band
+    if low is not None and high is not None:
+        return f"band-pass {low:g}-{high:g} Hz"
+    return f"high-pass {low:g} Hz" if low is not None else f"low-pass {high:g} Hz"
+
+
+def _steps(s: dict[str, Any]) -> str:
+    """The preprocessing a sidecar describes, in words."""
+    pre, net = s["preprocessing"], s["network"]
+    graph = pre.get("graph") or {}
+    out = []
+    if pre.get("leads"):
+        out.append(f"leads {', '.join(pre['leads'])}")
+    if pre.get("target_fs") and (graph.get("resample") or not pre.get("in_graph")):
+        src = graph["resample"]["from_hz"] if graph.get("resample") else None
+        out.append(f"resample {src} -> {pre['target_fs']} Hz" if src else f"resampled to {pre['target_fs']} Hz")
+    if pre.get("bandpass"):
+        out.append(_band(pre["bandpass"]))
+    if pre.get("window"):
+        out.append(f"one {pre['window']:g} s window" if pre.get("in_graph") else f"{pre['window']:g} s windows")
+    if pre.get("normalize") == "zscore":
+        out.append("z-score per lead")
+    done = ", ".join(out) or "none"
+    return f"{done}; network input [{', '.join(map(str, net['shape']))}] @ {net['fs']} Hz"
+
+
 def _export(args: argparse.Namespace) -> int:
     from atml.errors import ExportError
     from atml.onnx.export import export_trial
@@ -77,22 +107,34 @@ def _export(args: argparse.Namespace) -> int:
         raise ExportError(f"--trial must be >= 0 (got {args.trial})")
     res = export_trial(args.storage, args.study, args.out, trial=args.trial, int8=args.int8,
                        artifacts=args.artifacts, data_path=args.data, refit=args.refit, ensemble=args.ensemble,
-                       from_folds=args.from_folds)
+                       from_folds=args.from_folds, preprocessing=not args.no_preprocessing)
     s = res.sidecar
     if args.json:
         print(json.dumps({"model": str(res.path), "sidecar": s, "int8_model": str(res.int8_path or "") or None,
                           "int8_sidecar": res.int8_sidecar}, indent=2))
         return 0
-    shape = s["input"]["shape"]
-    par = s["parity"]
+    inp, par, raw = s["input"], s["parity"], s["input"]["kind"] == "raw"
+    outs = [s["output"], *([s["probabilities"]] if s.get("probabilities") else [])]
     print(f"exported trial #{s['trial']['number']} of study {s['study']!r} ({s['family']}, "
           f"{s['n_params']} parameters) -> {res.path}")
-    print(f"  onnx opset {s['opset']}: input {s['input']['name']} [{', '.join(map(str, shape))}] float32 "
-          f"@ {s['fs']} Hz, output {s['output']['name']} [{', '.join(map(str, s['output']['shape']))}]; "
-          "onnx.checker ok")
+    print(f"  onnx opset {s['opset']}: input {inp['name']} [{', '.join(map(str, inp['shape']))}] float32 "
+          f"{'raw ' if raw else ''}@ {inp['fs']} Hz, output{'s' if len(outs) > 1 else ''} "
+          + ", ".join(f"{o['name']} [{', '.join(map(str, o['shape']))}]" for o in outs) + "; onnx.checker ok")
+    print(f"  {'preprocessing in the graph' if raw else 'input must be preprocessed'}: {_steps(s)}")
     print(f"  parity vs torch on {par['segments']} validation segments: max |diff| {par['max_abs_diff']:.3g} "
           f"(< {par['tolerance']:g})")
-    print(f"  size {s['size_bytes']} bytes ({s['size_kb']:.1f} KB)  sha256 {s['sha256'][:16]}...")
+    if raw:
+        rp = par["raw"]
+        print(f"  raw graph vs Python preprocessing + torch on {rp['segments']} validation items: "
+              f"max |probability diff| {rp['max_prob_diff']:.3g} (< {rp['tolerance']:g})")
+        tm = rp.get("training_match")
+        if tm:
+            print(f"  note: {tm['note']}: probabilities differ from the network's on the {tm['segments']} "
+                  f"training-style validation windows by up to {tm['max_prob_diff']:.3g} "
+                  f"(agreement {tm['agreement']:.3f})")
+    net_kb = (s["network"].get("size_bytes") or 0) / 1024
+    print(f"  size {s['size_bytes']} bytes ({s['size_kb']:.1f} KB" + (f"; network alone {net_kb:.1f} KB" if raw else "")
+          + f")  sha256 {s['sha256'][:16]}...")
     fit = s["fit"]
     if fit["mode"] == "folds":
         print(f"  folds: the trial's {fit['members']} fold models averaged (mean logits), not retrained; "
@@ -132,7 +174,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(d, indent=2, allow_nan=False))
         return 0
     print(f"model {d['model']} ({d['precision']}, {d['size_bytes']} bytes = {d['size_kb']:.1f} KB, "
-          f"input [{', '.join(map(str, d['input_shape']))}])")
+          f"input [{', '.join(map(str, d['input_shape']))}] {'raw ' if d['input_kind'] == 'raw' else ''}"
+          f"@ {d['input_fs']} Hz)")
     print(f"data  {d['data']} ({d['format']}): {d['segments']} segments, {d['subjects']} subjects"
           + (f", {d['skipped']} skipped" if d["skipped"] else ""))
     print(f"  test:       {_metric_line(d['metrics'])}")

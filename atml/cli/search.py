@@ -10,11 +10,10 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from typing import Any
 
-from atml.cli.common import Command, add_storage_arg, env
+from atml.cli.common import Command, add_device_arg, add_storage_arg, env
 
 __all__ = ["SEARCH", "STUDIES", "WORKER", "format_summary", "print_summary"]
 
@@ -22,9 +21,18 @@ __all__ = ["SEARCH", "STUDIES", "WORKER", "format_summary", "print_summary"]
 def _search_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--space", required=True, help="search space YAML (e.g. search_spaces/afib.yaml)")
     add_storage_arg(s)
-    s.add_argument("--workers", type=int, default=int(env("WORKERS", max(1, os.cpu_count() or 1))),
-                   help="local worker processes (env ATML_WORKERS; default: one per core); 0: only check "
-                        "the space and data and create (or resume) the study, for `atml worker`s elsewhere")
+    workers = env("WORKERS")
+    s.add_argument("--workers", type=int, default=int(workers) if workers is not None else None,
+                   help="local worker processes (env ATML_WORKERS; default: one per core, on a CUDA machine "
+                        "one per GPU); 0: only check the space and data and create (or resume) the study, for "
+                        "`atml worker`s elsewhere")
+    add_device_arg(s, "train the local workers' trials")
+    s.add_argument("--gpus", default=env("GPUS"),
+                   help="CUDA GPUs for the local workers, e.g. 0,1,2,3 (env ATML_GPUS; default: every visible "
+                        "GPU); each worker sees only its own GPU (CUDA_VISIBLE_DEVICES)")
+    s.add_argument("--workers-per-gpu", type=int, default=None,
+                   help="worker processes on each GPU of --gpus (default 1; small models fill a GPU better "
+                        "with several)")
     s.add_argument("--threads", type=int, default=int(env("THREADS", 1)),
                    help="torch threads per worker (default %(default)s)")
     s.add_argument("--data", default=None, help="data path overriding data.path (folder of .txt segments or .npz)")
@@ -45,9 +53,11 @@ def _search_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from atml.device import parse_gpus
     from atml.search.coordinator import SearchOptions, run_search
 
     res = run_search(SearchOptions(
+        device=args.device, gpus=parse_gpus(args.gpus) if args.gpus else None, workers_per_gpu=args.workers_per_gpu,
         space_path=args.space, storage=args.storage, workers=args.workers, threads=args.threads,
         data_path=args.data, artifacts=args.artifacts, study=args.study, n_trials=args.n_trials,
         timeout=args.timeout, seed=args.seed, progress=not args.no_progress, verbose=args.verbose,
@@ -138,6 +148,7 @@ def _worker_arguments(w: argparse.ArgumentParser) -> None:
     w.add_argument("--artifacts", default=env("ARTIFACTS"), help="artifact folder (default as for search)")
     w.add_argument("--threads", type=int, default=int(env("THREADS", 1)),
                    help="torch threads of this worker (env ATML_THREADS; default %(default)s)")
+    add_device_arg(w, "train this worker's trials")
     w.add_argument("--artifact-store", default=env("ARTIFACT_STORE"),
                    help="where gate folders are uploaded for other machines: a (shared) path or s3://bucket "
                         "(env ATML_ARTIFACT_STORE; default ARTIFACTS/artifact-store)")
@@ -156,7 +167,7 @@ def _worker(args: argparse.Namespace) -> int:
         storage=args.storage, study=args.study, data_path=args.data,
         artifacts=args.artifacts or default_artifacts(args.storage), threads=args.threads,
         heartbeat_interval=args.heartbeat, grace_period=args.grace, max_retry=args.retries,
-        artifact_store=args.artifact_store,
+        artifact_store=args.artifact_store, device=args.device,
     ))
     logging.getLogger("atml.search.worker").info("worker ran %d trials", n)
     return 0

@@ -2,7 +2,8 @@
 ``atml backup`` (a consistent SQLite copy of a live study storage).
 
 Proxy workers use ``--storage grpc://HOST:PORT`` and hold one gRPC channel each instead
-of database connections. Light: grpcio and optuna are imported inside the handlers.
+of database connections; their heartbeats go through the proxy, which fails and retries
+the trials of workers that died. Light: grpcio and optuna are imported inside the handlers.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                         "that admits the workers alone")
     p.add_argument("--port", type=int, default=13000, help="port (default %(default)s)")
     p.add_argument("--threads", type=int, default=16, help="request threads (default %(default)s)")
+    p.add_argument("--grace", type=int, default=30,
+                   help="seconds without a heartbeat from its worker (workers behind the proxy relay them) "
+                        "before a RUNNING trial is failed and retried (default %(default)s)")
+    p.add_argument("--retries", type=int, default=2, help="retries of a trial whose worker died (default %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -38,7 +43,10 @@ def _proxy(args: argparse.Namespace) -> int:
         raise StorageError(f"storage-proxy: --host {args.host} exposes every study without authentication; "
                            "add --trusted-network if only the workers can reach this port")
 
-    run_storage_proxy(args.storage, host=args.host, port=args.port, threads=args.threads)
+    if args.grace < 1 or args.retries < 0:
+        raise StorageError(f"storage-proxy: --grace must be >= 1 and --retries >= 0 (got {args.grace}, {args.retries})")
+    run_storage_proxy(args.storage, host=args.host, port=args.port, threads=args.threads, grace=args.grace,
+                      retries=args.retries)
     return 0
 
 

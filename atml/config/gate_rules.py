@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from atml.config.schema import GateSettings, field_defaults
-from atml.config.study_rules import METRICS
+from atml.config.study_rules import INT8_METRICS, METRICS
 from atml.config.validator import Validator
 
 __all__ = ["gate_settings"]
@@ -16,8 +16,9 @@ _TYPES: dict[str, type] = {
     "patience_trials": int, "max_onnx_kb": float, "radius": float,
 }
 
-# Scores in [0, 1] the gate's lo/hi are taken over: every validation metric but the loss.
-_GATE_METRICS = tuple(m for m in METRICS if m != "val_loss")
+# Scores in [0, 1] the gate's lo/hi are taken over: every validation metric but the loss,
+# of the trained model or of its int8 export (int8_f1, ...: measured only when named).
+_GATE_METRICS = (*(m for m in METRICS if m != "val_loss"), *INT8_METRICS)
 
 
 def _defaults() -> dict[str, Any]:

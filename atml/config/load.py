@@ -9,6 +9,7 @@ import yaml
 
 from atml.config.data_rules import data_section
 from atml.config.gate_rules import gate_settings
+from atml.config.init_rules import init_section
 from atml.config.model_rules import model_section
 from atml.config.schema import SearchSpace
 from atml.config.study_rules import budget, study_settings
@@ -56,11 +57,15 @@ def space_from_dict(
     data, data_params = data_section(v, raw.get("data") or {}, base_dir, check_paths, build=check_build)
     train_fixed, train_params = train_section(v, raw.get("train") or {})
     families, model_fixed, model_params = model_section(v, raw["model"], build=check_build)
+    init, data = init_section(v, raw["model"], data, data_params, families, model_fixed, model_params, base_dir,
+                              check_paths, check_build)
     gate = gate_settings(v, raw.get("gate") or {})
     validation = validation_settings(v, raw.get("validation") or {})
     stored = dict(raw)
     # The searched settings are stored as written (their specs), the rest as validated.
     stored["data"] = {**data, **{p.key: raw["data"][p.key] for p in data_params}}
+    if init is not None:  # the source as resolved here: workers elsewhere read the same checkpoint path
+        stored["model"] = {**raw["model"], "init": {**raw["model"]["init"], "from": init.checkpoint}}
     return SearchSpace(
         source=source,
         study=study,
@@ -75,6 +80,7 @@ def space_from_dict(
         raw=stored,
         data_params=data_params,
         validation=validation,
+        init=init,
     )
 
 

@@ -13,7 +13,7 @@ from atml.config.training import TrainConfig
 from atml.config.trial_config import TrialConfig
 
 __all__ = [
-    "Param", "StudySettings", "Budget", "GateSettings", "SearchSpace",
+    "Param", "StudySettings", "Budget", "GateSettings", "SearchSpace", "WarmStart",
     "combinations", "encode_choices", "field_defaults",
 ]
 
@@ -155,6 +155,25 @@ class GateSettings:
 
 
 @dataclass(frozen=True)
+class WarmStart:
+    """``model.init``: start every trial from a trained model's weights (:mod:`atml.trial.warmstart`).
+
+    ``checkpoint`` is the source's ``model.pt`` as resolved when the space was loaded (the
+    study stores it in place of ``from``); ``fixed`` holds freeze, lr_scale, head and leads
+    unless searched (``params``: ``init.freeze``, ``init.lr_scale``).
+    """
+
+    source: str  # ``from`` as written
+    checkpoint: str
+    fixed: dict[str, Any] = field(default_factory=dict)
+    params: tuple[Param, ...] = ()
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """The trial's warm start: ``{"from": checkpoint, "freeze", "lr_scale", "head", "leads"}``."""
+        return {"from": self.checkpoint, **self.fixed, **{p.key: p.suggest(trial) for p in self.params}}
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A validated search space. ``raw`` is the YAML mapping, kept to store with the study."""
 
@@ -171,6 +190,7 @@ class SearchSpace:
     raw: dict[str, Any]
     data_params: tuple[Param, ...] = ()  # searchable preprocessing (data.window, data.bandpass, ...)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
+    init: WarmStart | None = None  # model.init: a warm start from a trained model
 
     @property
     def params(self) -> tuple[Param, ...]:
@@ -180,9 +200,18 @@ class SearchSpace:
         if len(self.families) > 1:
             out.append(Param("model.family", "categorical", choices=tuple(self.families)))
         out.extend(self.model_params)
+        out.extend(self.init.params if self.init is not None else ())
         for _, params in self.families.values():
             out.extend(params)
         return tuple(out)
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Every ``train.precision`` a trial of this space may train with (fp16 needs a CUDA device)."""
+        for p in self.train_params:
+            if p.key == "precision":
+                return tuple(p.values())
+        return (str(self.train_fixed.get("precision", TrainConfig.precision)),)
 
     def suggest(self, trial: Any) -> TrialConfig:
         """Sample one configuration; its ``data`` holds only the searched preprocessing
@@ -200,7 +229,8 @@ class SearchSpace:
         hparams.update(fixed)
         for p in params:
             hparams[p.key] = p.suggest(trial)
-        return TrialConfig(data=data, train=TrainConfig(**train), family=family, hparams=hparams)
+        init = self.init.suggest(trial) if self.init is not None else {}
+        return TrialConfig(data=data, train=TrainConfig(**train), family=family, hparams=hparams, init=init)
 
     def data_section(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``data`` section with one trial's searched preprocessing settings filled in

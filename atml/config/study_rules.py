@@ -8,13 +8,29 @@ from atml.config.schema import Budget, StudySettings, field_defaults
 from atml.config.validator import Validator
 from atml.metrics import LCB_METRIC_NAMES, METRIC_NAMES, SUBJECT_METRIC_NAMES
 
-__all__ = ["METRICS", "study_settings", "budget", "sampler_class", "pruner_class"]
+__all__ = ["METRICS", "INT8_METRICS", "DEPLOYED_FIGURES", "POST_TRAINING_CONSTRAINTS", "constraint_figure",
+           "study_settings", "budget", "sampler_class", "pruner_class"]
 
 # Validation metrics a study may optimise: the metric module's, the loss, and the PhysioNet
 # 2017 score (present when the classes are N, A, O ...).
 METRICS: tuple[str, ...] = (*METRIC_NAMES, "val_loss", "physionet2017", *SUBJECT_METRIC_NAMES, *LCB_METRIC_NAMES)
 _SIZE_METRICS = ("onnx_kb", "n_params")  # measured before training; objectives only
-_CONSTRAINTS = ("max_onnx_kb", "max_params")
+# The trained model as deployed: its int8 ONNX network's size, the validation metrics of that
+# int8 model and its latency (onnxruntime, batch 1, one thread). Measured after training,
+# only by a space that names one (atml.trial.deployed).
+INT8_METRICS: tuple[str, ...] = tuple(f"int8_{m}" for m in METRICS if m != "val_loss")
+DEPLOYED_FIGURES: tuple[str, ...] = ("int8_kb", "latency_ms", *INT8_METRICS)
+# Bounds known before training reject a trial untrained; the others are recorded after it.
+_PRE_CONSTRAINTS = ("max_onnx_kb", "max_params", "max_macs")
+POST_TRAINING_CONSTRAINTS: tuple[str, ...] = ("max_int8_kb", "max_latency_ms", *(f"min_{m}" for m in INT8_METRICS))
+_CONSTRAINTS = (*_PRE_CONSTRAINTS, *POST_TRAINING_CONSTRAINTS)
+
+
+def constraint_figure(key: str) -> str:
+    """The figure a constraint bounds: ``max_int8_kb`` -> ``int8_kb``, ``min_int8_f1`` -> ``int8_f1``."""
+    return key.split("_", 1)[1]
+
+
 _DIRECTIONS = ("maximize", "minimize")
 
 
@@ -58,17 +74,39 @@ def _objectives(v: Validator, objs: Any) -> list[tuple[str, str]]:
         where = f"study.objectives[{i}]"
         v.keys(where, o, {"metric", "direction"}, required={"metric", "direction"})
         m, dr = v.typed(f"{where}.metric", o["metric"], str), v.typed(f"{where}.direction", o["direction"], str)
-        if m not in METRICS + _SIZE_METRICS:
-            v.fail(f"{where}.metric", f"must be one of {', '.join(METRICS + _SIZE_METRICS)} (got {m!r})")
+        if m not in METRICS + _SIZE_METRICS + DEPLOYED_FIGURES:
+            v.fail(f"{where}.metric", f"must be a validation metric ({', '.join(METRICS)}), a size measured "
+                   f"before training ({', '.join(_SIZE_METRICS)}) or a deployed figure (int8_kb, latency_ms, "
+                   f"int8_<metric> for a validation metric but val_loss) (got {m!r})")
         if dr not in _DIRECTIONS:
             v.fail(f"{where}.direction", f"must be maximize or minimize (got {dr!r})")
         objectives.append((m, dr))
-    if objectives[0][0] in _SIZE_METRICS:
+    if objectives[0][0] not in METRICS:
         v.fail("study.objectives[0].metric", "the first objective must be a validation metric "
-               "(it drives early stopping and pruning)")
+               f"(it drives early stopping and pruning; got {objectives[0][0]!r})")
     if len({m for m, _ in objectives}) != len(objectives):
         v.fail("study.objectives", "each metric may appear once")
     return objectives
+
+
+def _constraints(v: Validator, d: Any) -> dict[str, float]:
+    """``study.constraints``: ``max_*`` bounds > 0, ``min_int8_*`` bounds on a score in [0, 1]."""
+    if not isinstance(d, dict):
+        v.fail("study.constraints", f"expected a mapping, got {type(d).__name__} {d!r}")
+    out: dict[str, float] = {}
+    for k, val in d.items():
+        where = f"study.constraints.{k}"
+        if k not in _CONSTRAINTS:
+            v.fail(where, f"unknown constraint (allowed: {', '.join(_PRE_CONSTRAINTS)}, max_int8_kb, "
+                   "max_latency_ms, min_int8_<metric> for a validation metric but val_loss)")
+        out[k] = v.typed(where, val, float)
+        if out[k] is None:
+            v.fail(where, "expected a number, got None")
+        if k.startswith("min_") and not 0.0 <= out[k] <= 1.0:
+            v.fail(where, f"must be in [0, 1] (got {out[k]})")
+        if k.startswith("max_") and out[k] <= 0:
+            v.fail(where, f"must be > 0 (got {out[k]})")
+    return out
 
 
 def _optuna_part(v: Validator, where: str, spec: Any, default: dict[str, Any],
@@ -105,11 +143,7 @@ def study_settings(v: Validator, d: Any) -> StudySettings:
         v.fail("study.direction", f"must be maximize or minimize (got {direction!r})")
     constraints: dict[str, float] = {}
     if d.get("constraints") is not None:
-        v.keys("study.constraints", d["constraints"], set(_CONSTRAINTS))
-        for k, val in d["constraints"].items():
-            constraints[k] = v.typed(f"study.constraints.{k}", val, float)
-            if constraints[k] <= 0:
-                v.fail(f"study.constraints.{k}", f"must be > 0 (got {constraints[k]})")
+        constraints = _constraints(v, d["constraints"])
     sampler = _optuna_part(v, "study.sampler", d.get("sampler"), defaults["sampler"], _SAMPLERS)
     v.typed("study.sampler.seed", sampler["seed"], int)
     v.kwargs("study.sampler", sampler, sampler_class(sampler["type"]))

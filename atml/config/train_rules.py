@@ -8,9 +8,10 @@ from atml.config.schema import Param
 from atml.config.training import TRAIN_DEFAULTS
 from atml.config.validator import Validator
 
-__all__ = ["OPTIMIZERS", "train_section"]
+__all__ = ["OPTIMIZERS", "PRECISIONS", "train_section"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 needs CUDA: checked against the device when a worker starts
 _POSITIVE = {"epochs", "batch_size", "lr", "patience", "lr_patience", "min_epochs"}
 
 
@@ -37,6 +38,8 @@ def train_section(v: Validator, d: Any) -> tuple[dict[str, Any], tuple[Param, ..
 def _check_value(v: Validator, k: str, val: Any) -> None:
     if k == "optimizer" and val not in OPTIMIZERS:
         v.fail("train.optimizer", f"must be one of {', '.join(OPTIMIZERS)} (got {val!r})")
+    if k == "precision" and val not in PRECISIONS:
+        v.fail("train.precision", f"must be one of {', '.join(PRECISIONS)} (got {val!r})")
     if k in _POSITIVE and val <= 0:
         v.fail(f"train.{k}", f"must be > 0 (got {val})")
     if k in ("weight_decay", "gap", "momentum", "stretch") and val < 0:

@@ -32,11 +32,14 @@ class TrainConfig:
     augment: float = 0.0
     stretch: float = 0.0  # time-scale augmentation: each batch is resampled by a factor in [1/(1+s), 1+s]
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); the average is scored and kept
+    # fp32, or mixed precision under torch.autocast: bf16 (any device), fp16 (CUDA only, with a GradScaler)
+    precision: str = "fp32"
     keep: str = "best"  # best: the best validation epoch's weights; last: the final epoch's (fixed-length refits)
     seed: int = 0
     metric: str = "f1"
     direction: str = "maximize"
     task: str = "binary"  # binary | multiclass (softmax, cross-entropy) | multilabel (sigmoid, BCE)
+    lr_scale: float = 1.0  # learning-rate multiplier of every non-head parameter (model.init.lr_scale)
 
     @classmethod
     def from_params(cls, train: dict[str, Any], **extra: Any) -> TrainConfig:
@@ -50,7 +53,7 @@ class TrainConfig:
 TRAIN_KEYS: tuple[str, ...] = (
     "epochs", "batch_size", "lr", "weight_decay", "optimizer", "momentum", "class_weighted",
     "label_smoothing", "patience", "gap", "lr_factor", "lr_patience", "min_epochs", "augment",
-    "ema", "stretch",
+    "ema", "stretch", "precision",
 )
 
 _HINTS = get_type_hints(TrainConfig)

@@ -25,14 +25,19 @@ class TrialConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     family: str = ""
     hparams: dict[str, Any] = field(default_factory=dict)
+    init: dict[str, Any] = field(default_factory=dict)  # model.init of a warm start ({}: none)
 
     def as_dict(self) -> dict[str, Any]:
         """The plain form stored in checkpoints and exports:
-        ``{"data": {...}, "train": {...}, "model": {"family", "hparams"}}``."""
+        ``{"data": {...}, "train": {...}, "model": {"family", "hparams"}}`` (a warm start adds
+        ``model.init``)."""
+        model: dict[str, Any] = {"family": self.family, "hparams": copy.deepcopy(self.hparams)}
+        if self.init:
+            model["init"] = copy.deepcopy(self.init)
         return {
             "data": copy.deepcopy(self.data),
             "train": {k: getattr(self.train, k) for k in TRAIN_KEYS},
-            "model": {"family": self.family, "hparams": copy.deepcopy(self.hparams)},
+            "model": model,
         }
 
     @classmethod
@@ -46,4 +51,5 @@ class TrialConfig:
         if not isinstance(model.get("family"), str):
             raise SpaceError(f"trial configuration 'model.family': expected a name, got {model.get('family')!r}")
         return cls(data=copy.deepcopy(dict(d.get("data") or {})), train=TrainConfig(**train),
-                   family=model["family"], hparams=copy.deepcopy(dict(model.get("hparams") or {})))
+                   family=model["family"], hparams=copy.deepcopy(dict(model.get("hparams") or {})),
+                   init=copy.deepcopy(dict(model.get("init") or {})))

@@ -83,6 +83,7 @@ class Finished:
         self.has_size = False
         self.last: dt.datetime | None = None  # naive local, as Optuna's datetimes
         self.workers: dict[str, dt.datetime] = {}  # worker -> end of its latest finished trial
+        self.devices: dict[str, str] = {}  # worker -> the device its latest finished trial trained on
         self.complete: list[FrozenTrial] = []  # COMPLETE with a finite first value, by number
 
     def add(self, t: FrozenTrial) -> None:
@@ -97,6 +98,8 @@ class Finished:
             w = ua.get(records.WORKER)
             if isinstance(w, str) and (w not in self.workers or end > self.workers[w]):
                 self.workers[w] = end
+                if (device := records.device(t)) is not None:
+                    self.devices[w] = device
         if t.state == TrialState.COMPLETE and t.values and isinstance(t.values[0], float) and math.isfinite(t.values[0]):
             v = t.values[0]
             # ties: the lower trial number wins, whatever order the trials finished in
@@ -112,6 +115,7 @@ class Finished:
     def copy(self) -> Finished:
         c = Finished()
         c.counts, c.workers, c.complete = dict(self.counts), dict(self.workers), list(self.complete)
+        c.devices = dict(self.devices)
         c.best_max, c.best_min, c.has_size, c.last = self.best_max, self.best_min, self.has_size, self.last
         return c
 

@@ -75,6 +75,7 @@ class Budget(BaseModel):
 
 class WorkerSeen(BaseModel):
     worker: str = Field(description="host:pid")
+    device: str | None = Field(None, description="where its trials train: cpu, mps or cuda:N (GPU name)")
     running: list[int] = Field(description="numbers of the trials it runs now")
     heartbeat_age: float | None = Field(None, description="seconds since its latest heartbeat")
     last_seen: str | None

@@ -251,7 +251,8 @@ def _workers(snap: Snapshot, ages: dict[int, float]) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
 
     def entry(w: str) -> dict[str, Any]:
-        return seen.setdefault(w, {"worker": w, "running": [], "heartbeat_age": None, "last_seen": None})
+        return seen.setdefault(w, {"worker": w, "device": snap.finished.devices.get(w), "running": [],
+                                   "heartbeat_age": None, "last_seen": None})
 
     for w, end in snap.finished.workers.items():
         if (now - end).total_seconds() < RECENT_SECONDS:
@@ -262,6 +263,7 @@ def _workers(snap: Snapshot, ages: dict[int, float]) -> list[dict[str, Any]]:
             continue
         cur = entry(w)
         cur["running"].append(t.number)
+        cur["device"] = records.device(t) or cur["device"]
         age = ages.get(t.number)
         if age is not None and (cur["heartbeat_age"] is None or age < cur["heartbeat_age"]):
             cur["heartbeat_age"] = round(age, 1)

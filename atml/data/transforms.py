@@ -50,12 +50,21 @@ def resample(x: np.ndarray, fs_in: float, fs_out: int | None) -> tuple[np.ndarra
         return np.asarray(x, dtype=np.float32), int(round(fs_in))
     from scipy.signal import resample_poly
 
+    up, down = resample_ratio(fs_in, fs_out)
+    out = resample_poly(np.asarray(x, dtype=np.float32), up, down, axis=-1)
+    return np.asarray(out, dtype=np.float32), int(fs_out)
+
+
+def resample_ratio(fs_in: float, fs_out: int) -> tuple[int, int]:
+    """(up, down) of :func:`resample` from ``fs_in`` to ``fs_out`` Hz, in lowest terms.
+
+    An exported graph that resamples inside (:mod:`atml.onnx.preprocess_graph`) uses the same
+    factors; a non-integer source rate is a DataError.
+    """
     if float(fs_in) != int(fs_in):
         raise DataError(f"cannot resample from a non-integer rate {fs_in} Hz")
     g = gcd(int(fs_in), int(fs_out))
-    up, down = int(fs_out) // g, int(fs_in) // g
-    out = resample_poly(np.asarray(x, dtype=np.float32), up, down, axis=-1)
-    return np.asarray(out, dtype=np.float32), int(fs_out)
+    return int(fs_out) // g, int(fs_in) // g
 
 
 def bandpass(x: np.ndarray, fs: int, band: tuple[float | None, float | None] | None) -> np.ndarray:
@@ -65,7 +74,18 @@ def bandpass(x: np.ndarray, fs: int, band: tuple[float | None, float | None] | N
     """
     if band is None:
         return x
-    from scipy.signal import butter, sosfiltfilt
+    from scipy.signal import sosfiltfilt
+
+    return np.asarray(sosfiltfilt(bandpass_sos(fs, band), x, axis=-1), dtype=np.float32)
+
+
+def bandpass_sos(fs: int, band: tuple[float | None, float | None]) -> np.ndarray:
+    """Second-order sections (float64, (sections, 6)) of the Butterworth filter :func:`bandpass`
+    applies forward and backward; an exported graph that filters inside uses the same ones.
+
+    A cut-off at or above half the sampling rate is a DataError.
+    """
+    from scipy.signal import butter
 
     low, high = band
     nyq = fs / 2.0
@@ -75,12 +95,10 @@ def bandpass(x: np.ndarray, fs: int, band: tuple[float | None, float | None] | N
             f"({nyq:g} Hz at fs={fs}; set data.target_fs or lower the cut-off)"
         )
     if low is not None and high is not None:
-        sos = butter(BANDPASS_ORDER, [low, high], btype="bandpass", fs=fs, output="sos")
-    elif low is not None:
-        sos = butter(BANDPASS_ORDER, low, btype="highpass", fs=fs, output="sos")
-    else:
-        sos = butter(BANDPASS_ORDER, high, btype="lowpass", fs=fs, output="sos")
-    return np.asarray(sosfiltfilt(sos, x, axis=-1), dtype=np.float32)
+        return butter(BANDPASS_ORDER, [low, high], btype="bandpass", fs=fs, output="sos")
+    if low is not None:
+        return butter(BANDPASS_ORDER, low, btype="highpass", fs=fs, output="sos")
+    return butter(BANDPASS_ORDER, high, btype="lowpass", fs=fs, output="sos")
 
 
 @dataclass(frozen=True)

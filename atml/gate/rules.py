@@ -13,10 +13,17 @@ import math
 
 from atml.config import GateSettings
 
-__all__ = ["lo_hi", "folder_name", "evaluation_metrics_txt", "stop_reason"]
+__all__ = ["metric_label", "lo_hi", "folder_name", "evaluation_metrics_txt", "stop_reason"]
 
 _LABELS = {"f1": "F1 Score", "accuracy": "Accuracy", "precision": "Precision",
            "recall": "Recall", "auroc": "AUROC"}
+
+
+def metric_label(name: str) -> str:
+    """ATML's label of a gate metric (``F1 Score``); the int8 model's as ``Int8 F1 Score``."""
+    if name.startswith("int8_"):
+        return f"Int8 {metric_label(name.removeprefix('int8_'))}"
+    return _LABELS.get(name, name)
 
 
 def lo_hi(metrics: dict[str, float], names: tuple[str, ...]) -> tuple[float, float]:
@@ -34,7 +41,7 @@ def folder_name(hi: float, lo: float) -> str:
 
 def evaluation_metrics_txt(metrics: dict[str, float], names: tuple[str, ...], trial: int) -> str:
     """``evaluation_metrics.txt`` in ATML's layout: one ``Name: value`` line per metric."""
-    lines = [f"{_LABELS.get(n, n)}: {float(metrics[n]):.4f}" for n in names]
+    lines = [f"{metric_label(n)}: {float(metrics[n]):.4f}" for n in names]
     lines.append(f"(validation split, trial {trial})")
     return "\n".join(lines) + "\n"
 

@@ -11,8 +11,8 @@ for any ``samples >= 250`` and export to ONNX (opset 17, dynamic batch).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -22,6 +22,7 @@ from atml.models import afnet, inception1d, resnet1d, sepnet
 from atml.models.afnet import AFNet, AFNetHparams
 from atml.models.hparams import Hparams
 from atml.models.inception1d import Inception1D, Inception1DHparams
+from atml.models.macs import count_macs
 from atml.models.resnet1d import ResNet1D, ResNet1DHparams
 from atml.models.sepnet import SepNet, SepNetHparams
 
@@ -38,9 +39,11 @@ __all__ = [
     "SepNet",
     "SepNetHparams",
     "build_model",
+    "count_macs",
     "count_parameters",
     "family_names",
     "family_params",
+    "family_presets",
 ]
 
 
@@ -53,12 +56,15 @@ class Family:
     # Suggested (informational) search ranges: tuples are (low, high) inclusive
     # ranges, lists are categorical choices.
     space_hint: dict[str, Any]
+    # preset name -> the hyperparameters that preset does not read (families with a
+    # ``preset`` hyperparameter only)
+    unused_by_preset: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # Insertion order is the order family_names() reports.
 _REGISTRY: dict[str, Family] = {
     afnet.FAMILY: Family(AFNetHparams, AFNet, afnet.SPACE_HINT),
-    resnet1d.FAMILY: Family(ResNet1DHparams, ResNet1D, resnet1d.SPACE_HINT),
+    resnet1d.FAMILY: Family(ResNet1DHparams, ResNet1D, resnet1d.SPACE_HINT, resnet1d.UNUSED_BY_PRESET),
     sepnet.FAMILY: Family(SepNetHparams, SepNet, sepnet.SPACE_HINT),
     inception1d.FAMILY: Family(Inception1DHparams, Inception1D, inception1d.SPACE_HINT),
 }
@@ -90,6 +96,12 @@ def family_params(family: str) -> dict[str, Any]:
     enough to validate a YAML search space.
     """
     return {f.name: f.default for f in dataclasses.fields(_family(family).hparams) if f.name not in _DATA_ARGS}
+
+
+def family_presets(family: str) -> dict[str, tuple[str, ...]]:
+    """Presets of ``family`` mapped to the hyperparameters each does not read ({} when the
+    family has no ``preset`` hyperparameter)."""
+    return dict(_family(family).unused_by_preset)
 
 
 def build_model(family: str, *, in_channels: int, n_classes: int, **hparams: Any) -> nn.Module:

@@ -2,7 +2,7 @@
 
 Each family declares its hyperparameters (with their defaults) as a subclass of
 :class:`Hparams` and the rule of each one in ``RULES``; constructing an instance runs
-:func:`validate`, so a model only ever sees checked, plain ``int``/``float`` values (not
+:func:`validate`, so a model only ever sees checked, plain ``int``/``float``/``str`` values (not
 numpy scalars, which would leak into layer shapes and the ONNX graph).
 """
 
@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from atml.errors import SpaceError
 
-__all__ = ["Int", "Float", "Rule", "COMMON_RULES", "GROWTH", "Hparams", "validate"]
+__all__ = ["Int", "Float", "Choice", "Rule", "COMMON_RULES", "GROWTH", "Hparams", "validate"]
 
 
 def _bad(family: str, name: str, value: Any, rule: str) -> SpaceError:
@@ -70,7 +70,20 @@ class Float:
         return value
 
 
-Rule = Int | Float
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed set of names (a preset such as ``resnet18``)."""
+
+    options: tuple[str, ...]
+
+    def check(self, family: str, name: str, value: Any) -> str:
+        """``value`` as ``str``, or SpaceError naming ``name``, ``family`` and the options."""
+        if not isinstance(value, str) or value not in self.options:
+            raise _bad(family, name, value, f"must be one of: {', '.join(self.options)}")
+        return str(value)
+
+
+Rule = Int | Float | Choice
 
 # The rules of the hyperparameters every family has, in the order they are checked.
 COMMON_RULES: Mapping[str, Rule] = {
@@ -111,7 +124,7 @@ class Hparams:
 
 
 def validate(hp: Hparams) -> None:
-    """Check every field of ``hp`` against its rule and store it as a plain ``int``/``float``.
+    """Check every field of ``hp`` against its rule and store it as a plain ``int``/``float``/``str``.
 
     Raises :class:`~atml.errors.SpaceError` for the first bad value (message names the
     parameter, the family, the value and the rule). Called once, by construction.

@@ -26,7 +26,7 @@ from atml.onnx.sidecar import INPUT_NAME, OPSET, OUTPUT_NAME
 
 __all__ = [
     "OPSET", "INPUT_NAME", "OUTPUT_NAME", "PARITY_TOLERANCE", "INT8_SCHEME",
-    "export_onnx", "onnx_size_kb", "check_onnx", "parity", "quantize_int8", "compact", "int8_path",
+    "export_onnx", "onnx_size_kb", "check_onnx", "parity", "quantize_int8", "compact", "compacted", "int8_path",
 ]
 
 PARITY_TOLERANCE = 1e-4  # max |logit difference| allowed between onnxruntime and torch
@@ -176,6 +176,15 @@ def compact(model: Any) -> None:
         node.doc_string = ""
     del g.value_info[:]
     model.doc_string = ""
+
+
+def compacted(blob: bytes) -> bytes:
+    """The ONNX bytes ``blob`` after :func:`compact`."""
+    import onnx
+
+    model = onnx.load_from_string(blob)
+    compact(model)
+    return model.SerializeToString()
 
 
 def int8_path(model_path: str | Path) -> Path:

@@ -3,7 +3,9 @@
 ``atml evaluate`` is ATML's official test: an ONNX file and its JSON sidecar (written by
 :mod:`atml.onnx.export`, schema in :mod:`atml.onnx.sidecar`) are all it needs. The sidecar
 supplies what the model cannot carry: segment length, sampling rate, normalisation and how
-text labels map to its classes. No torch here: evaluation runs where only onnxruntime is
+text labels map to its classes. A raw graph (sidecar ``input.kind: raw``) is fed the items
+as the source has them (the same segments or windows, unfiltered, at the source rate): its
+preprocessing is inside it. No torch here: evaluation runs where only onnxruntime is
 installed.
 """
 
@@ -21,14 +23,16 @@ import numpy as np
 from atml.data import DataSpec, load_dataset
 from atml.errors import DataError, ExportError
 from atml.metrics import METRIC_NAMES, binary_metrics, per_subject_metrics, task_metrics
+from atml.onnx.preprocess_graph import raw_spec
 from atml.onnx.runtime import measure_latency, model_input_shape, ort_session, run_onnx, softmax
 from atml.onnx.sidecar import (
     file_info,
+    input_fs,
+    input_kind,
     json_ready,
     load_sidecar,
     recorded_test_subjects,
     recorded_validation,
-    sidecar_fs,
     sidecar_path,
     sidecar_spec,
 )
@@ -69,6 +73,8 @@ class Evaluation:
     data: str
     format: str
     input_shape: list[Any]
+    input_kind: str  # raw (preprocessing in the graph) | network
+    input_fs: int
     segments: int
     subjects: int
     skipped: int
@@ -150,8 +156,9 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_laten
     """Score an exported ONNX model on a labelled dataset (any format atml.data reads).
 
     Preprocessing and label mapping come from the model's sidecar: the same segment
-    length, fs and normalisation as in the search, labels in ``positive_labels`` (default
-    AFIB) are class 1, ``drop_labels`` are removed. Latency is per segment at batch 1 on
+    length, fs and normalisation as in the search (a raw graph gets the items unprocessed:
+    its preprocessing is inside), labels in ``positive_labels`` (default AFIB) are class 1,
+    ``drop_labels`` are removed. Latency is per segment at batch 1 on
     one intra-op thread (``batch_latency`` adds batches of 16 and 128). ``subjects`` keeps
     only some subjects: ``test`` (the held-out test subjects the sidecar recorded from the
     study's split) or a comma-separated list. ``on_bad="skip"`` scores the readable segments
@@ -159,14 +166,17 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_laten
     """
     mp = Path(model_path)
     side, blob, session, leads, samples = _open(mp)
-    fs = sidecar_fs(side)
+    kind, fs = input_kind(side), input_fs(side)
     if side.get("task", "binary") != "binary":
         raise ExportError(f"sidecar {sidecar_path(mp)}: task {side['task']}: atml evaluate scores binary models "
                           "only; multi-class and multi-label models are scored by atml export on validation data")
     spec = sidecar_spec(side, mp, data_path, samples)
+    if kind == "raw":  # the same items, as the source has them
+        spec = raw_spec(spec, side["input"].get("lead_names") or None)
     if on_bad is not None:
         spec = dataclasses.replace(spec, on_bad=on_bad)  # DataSpec checks the value
-    expect = f"model {mp.name} expects [batch, {leads}, {samples}] (leads, samples) at {fs} Hz"
+    expect = f"model {mp.name} expects [batch, {leads}, {samples}] (leads, samples) at {fs} Hz" + \
+        (" (raw: its preprocessing is in the graph)" if kind == "raw" else "")
     r = _score(session, spec, expect, leads, samples, subjects, side, mp)
     pred = (r.p >= 0.5).astype(np.int64)
     lat = measure_latency(blob, r.sample[:_LATENCY_SEGMENTS], batch=1, runs=runs, warmup=warmup)
@@ -183,6 +193,7 @@ def evaluate_model(model_path: str | Path, data_path: str | Path, *, batch_laten
     return Evaluation(
         model=str(mp), precision=str(side.get("precision", "float32")), size_bytes=info["size_bytes"],
         size_kb=info["size_kb"], data=r.source, format=r.format, input_shape=["batch", leads, samples],
+        input_kind=kind, input_fs=fs,
         segments=len(r.y), subjects=len(set(r.subject.tolist())), skipped=r.skipped,
         classes=list(side["classes"]), metrics={k: m[k] for k in METRIC_NAMES}, confusion=cm,
         per_subject=per_subject_metrics(r.subject, r.y, pred), latency=lat, batch_latency=batches,

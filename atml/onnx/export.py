@@ -1,9 +1,14 @@
 """A study's trial -> verified ONNX file (+ int8 variant) with its JSON sidecar.
 
-Nothing is written until the float model passed ``onnx.checker`` and the parity check
-against torch on real validation segments (and the int8 model was built and scored):
-all files then go to temporary names and are renamed into place, so a failed export
-leaves no half-written ``.onnx`` behind.
+By default the file is the raw graph (:mod:`atml.onnx.preprocess_graph`): raw items in,
+the trial's preprocessing, the network, logits and probabilities out; ``preprocessing=False``
+(``--no-preprocessing``) ships the network alone, fed preprocessed input.
+
+Nothing is written until the network passed ``onnx.checker`` and the parity check against
+torch on real validation segments, the raw graph its parity check against the Python
+preprocessing + torch (:mod:`atml.onnx.raw_export`), and the int8 model was built and
+scored: all files then go to temporary names and are renamed into place, so a failed
+export leaves no half-written ``.onnx`` behind.
 
 The study lookup uses :mod:`atml.storage`, :mod:`atml.records` and :mod:`atml.config`
 directly rather than the higher :mod:`atml.search.worker`; the checkpoint format and the
@@ -35,12 +40,15 @@ from atml.onnx.convert import (
     INT8_SCHEME,
     PARITY_TOLERANCE,
     check_onnx,
+    compacted,
     export_onnx,
     int8_path,
     parity,
     quantize_int8,
 )
 from atml.onnx.evaluate import onnx_metrics
+from atml.onnx.preprocess_graph import raw_graph
+from atml.onnx.raw_export import RawItems, load_raw_items, spread, training_match, verified_raw
 from atml.onnx.refit import FinalFit, final_model
 from atml.onnx.runtime import ort_session
 from atml.onnx.sidecar import ExportFacts, build_sidecars, encode_sidecar, quantization_entry, sidecar_path
@@ -186,11 +194,6 @@ class _Trial:
         return int(self.ck["in_channels"]), int(self.ck["n_samples"])
 
 
-def _spread(n: int, k: int) -> np.ndarray:
-    """Up to ``k`` evenly spaced positions in range(n): every subject of a split is covered."""
-    return np.unique(np.linspace(0, n - 1, num=min(n, k)).round().astype(np.int64)) if n else np.empty(0, np.int64)
-
-
 def _check_out(out: Path, ensemble: int) -> None:
     if ensemble < 1:
         raise ExportError(f"--ensemble must be >= 1 (got {ensemble})")
@@ -233,7 +236,7 @@ def _verified(model: nn.Module, tr: _Trial, number: int, parity_segments: int) -
     blob = export_onnx(model, *tr.shape)
     check_onnx(blob)
     session = ort_session(blob, what=f"exported model of trial #{number}")
-    px = tr.x_val[_spread(len(tr.x_val), parity_segments)]
+    px = tr.x_val[spread(len(tr.x_val), parity_segments)]
     diff = parity(model, session, px)
     if not diff < PARITY_TOLERANCE:
         raise ExportError(f"parity check failed: onnxruntime and torch logits differ by up to {diff:.3g} "
@@ -241,21 +244,27 @@ def _verified(model: nn.Module, tr: _Trial, number: int, parity_segments: int) -
     return blob, session, diff, len(px)
 
 
-def _int8(blob: bytes, tr: _Trial, calibration_segments: int,
-          p_float: np.ndarray) -> tuple[bytes, dict[str, float], dict[str, Any]]:
+def _int8(blob: bytes, tr: _Trial, calibration_segments: int, p_float: np.ndarray,
+          items: RawItems | None) -> tuple[bytes, dict[str, float], dict[str, Any]]:
     """The int8 model (calibrated on training segments), its validation metrics and its
-    sidecar's ``quantization`` entry."""
+    sidecar's ``quantization`` entry. With raw ``items`` only the network is quantised (its
+    input is the preprocessed signal it was calibrated on) and the preprocessing stays float."""
     train = np.sort(tr.split.train)
-    cal = np.ascontiguousarray(tr.ds.x[train[_spread(len(train), calibration_segments)]], dtype=np.float32)
+    cal = np.ascontiguousarray(tr.ds.x[train[spread(len(train), calibration_segments)]], dtype=np.float32)
     qblob = quantize_int8(blob, cal)
+    x, y = tr.x_val, tr.y_val
+    if items is not None:
+        qblob = raw_graph(qblob, items.plan, tr.task)
+        x, y = items.x(items.val), items.y(items.val, tr.task)
     check_onnx(qblob, "int8 model")
-    m_int8, p_int8 = onnx_metrics(ort_session(qblob, what="int8 model"), tr.x_val, tr.y_val, tr.task,
-                                  tuple(tr.ds.classes))
-    return qblob, m_int8, quantization_entry(INT8_SCHEME, len(cal), p_int8, p_float)
+    m_int8, p_int8 = onnx_metrics(ort_session(qblob, what="int8 model"), x, y, tr.task, tuple(tr.ds.classes))
+    scheme = INT8_SCHEME if items is None else {**INT8_SCHEME, "preprocessing": "float32, not quantised"}
+    return qblob, m_int8, quantization_entry(scheme, len(cal), p_int8, p_float)
 
 
 def _facts(ref: TrialRef, tr: _Trial, final: FinalFit, diff: float, parity_n: int,
-           m_float: dict[str, float], m_int8: dict[str, float] | None) -> ExportFacts:
+           m_float: dict[str, float], m_int8: dict[str, float] | None, network_bytes: int,
+           raw: dict[str, Any] | None) -> ExportFacts:
     leads, samples = tr.shape
     split, ck = tr.split, tr.ck
     return ExportFacts(
@@ -265,7 +274,8 @@ def _facts(ref: TrialRef, tr: _Trial, final: FinalFit, diff: float, parity_n: in
         source=tr.ds.source, val_segments=len(tr.val), val_subjects=tuple(split.val_subjects),
         test_segments=len(split.test), test_subjects=tuple(split.test_subjects), fit=final.info,
         held_out=final.validation_held_out, parity_diff=diff, parity_segments=parity_n,
-        parity_tolerance=PARITY_TOLERANCE, metrics_float=m_float, metrics_int8=m_int8,
+        parity_tolerance=PARITY_TOLERANCE, metrics_float=m_float, metrics_int8=m_int8, fs_net=int(tr.ds.fs),
+        lead_names=tuple(tr.ds.leads), network_bytes=network_bytes, raw=raw,
     )
 
 
@@ -288,19 +298,41 @@ def _record_subjects(final: FinalFit, tr: _Trial, ref: TrialRef) -> None:
         }
 
 
+def _raw(final: FinalFit, tr: _Trial, ref: TrialRef, blob: bytes, parity_segments: int,
+         p_net: np.ndarray) -> tuple[bytes, RawItems, dict[str, float], np.ndarray, dict[str, Any]]:
+    """The raw graph around ``blob``, checked; its items, validation metrics and probabilities,
+    and the sidecar's ``raw`` facts."""
+    items = load_raw_items(tr.spec, ref.artifacts / "cache", tr.ds, tr.split, tr.shape)
+    rblob, session, parity_entry = verified_raw(final.model, blob, items, tr.task, ref.number, parity_segments)
+    m, p = onnx_metrics(session, items.x(items.val), items.y(items.val, tr.task), tr.task, tuple(tr.ds.classes))
+    plan = items.plan
+    # what the preprocessing adds: the raw graph against the network with names shortened alike
+    steps = {**plan.steps(), "size_bytes": len(rblob) - len(compacted(blob))}
+    facts = {"leads": plan.n_leads_in, "samples": plan.samples_in, "fs": plan.fs_in,
+             "lead_names": list(plan.lead_names_in), "steps": steps, "parity": parity_entry,
+             "training_match": training_match(items, p, p_net)}
+    log.info("raw graph of trial #%d: probabilities within %.3g of Python + torch on %d items", ref.number,
+             parity_entry["max_prob_diff"], parity_entry["segments"])
+    return rblob, items, m, p, facts
+
+
 def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None = None, int8: bool = False,
                  artifacts: str | Path | None = None, data_path: str | None = None, refit: bool = False,
                  ensemble: int = 1, parity_segments: int = 256, calibration_segments: int = 256,
-                 from_folds: bool = False) -> ExportResult:
+                 from_folds: bool = False, preprocessing: bool = True) -> ExportResult:
     """Export a trial's checkpoint (default: the best trial) to a verified ONNX file.
 
     ``refit`` retrains the trial's configuration on training + validation subjects and
     ``ensemble`` > 1 exports K seeds' members averaged as one model (:mod:`atml.onnx.refit`).
+    ``preprocessing`` (default) ships the raw graph: source items in, the trial's
+    preprocessing inside, logits and probabilities out; False ships the network alone.
 
     Checks ``onnx.checker`` and parity (max |logit difference| < 1e-4) against torch on up
-    to ``parity_segments`` validation segments of the study's own subject split, scores the
-    ONNX model on the whole validation split, optionally builds ``<out>.int8.onnx``, and
-    writes each model with a ``.json`` sidecar. Raises AtmlError subclasses on bad input.
+    to ``parity_segments`` validation segments of the study's own subject split; the raw
+    graph also against the Python preprocessing + torch (max |probability difference| <
+    1e-4) on as many raw validation items. Scores the file on the whole validation split,
+    optionally builds ``<out>.int8.onnx``, and writes each model with a ``.json`` sidecar.
+    Raises AtmlError subclasses on bad input.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -312,13 +344,16 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
     final = final_model(tr.model, tr.ck, ref, tr.ds.x, tr.ds.y, tr.split.train, tr.split.val, refit=refit,
                         members=ensemble, from_folds=from_folds)
     _record_subjects(final, tr, ref)
-    blob, session, diff, parity_n = _verified(final.model, tr, ref.number, parity_segments)
+    net_blob, session, diff, parity_n = _verified(final.model, tr, ref.number, parity_segments)
     m_float, p_float = onnx_metrics(session, tr.x_val, tr.y_val, tr.task, tuple(tr.ds.classes))
     log.info("trial #%d exported: parity %.3g on %d segments", ref.number, diff, parity_n)
-    qblob, m_int8, quant = _int8(blob, tr, calibration_segments, p_float) if int8 else (None, None, None)
+    blob, items, raw = net_blob, None, None
+    if preprocessing:
+        blob, items, m_float, p_float, raw = _raw(final, tr, ref, net_blob, parity_segments, p_float)
+    qblob, m_int8, quant = _int8(net_blob, tr, calibration_segments, p_float, items) if int8 else (None, None, None)
     q_path = int8_path(out) if qblob is not None else None
-    sides = build_sidecars(_facts(ref, tr, final, diff, parity_n, m_float, m_int8), out, blob,
-                           int8_path=q_path, int8_blob=qblob, quantization=quant)
+    facts = _facts(ref, tr, final, diff, parity_n, m_float, m_int8, len(net_blob), raw)
+    sides = build_sidecars(facts, out, blob, int8_path=q_path, int8_blob=qblob, quantization=quant)
     # Sidecars first: a model file never appears without the sidecar that describes it.
     files = {sidecar_path(p): encode_sidecar(s) for p, s in sides.items()}
     files[out] = blob

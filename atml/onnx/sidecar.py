@@ -2,7 +2,9 @@
 
 An ONNX file carries its graph but not what a user needs to feed it: segment length,
 sampling rate, normalisation, how text labels map to its classes, which subjects it was
-checked on. ``atml export`` writes that next to the model as ``<model>.json``
+checked on. ``input.kind`` says what the graph takes: ``raw`` items as the source has them
+(the preprocessing is inside the graph; ``network`` gives the network's own input, shape
+and rate) or ``network`` (preprocessed input, ``atml export --no-preprocessing``). ``atml export`` writes that next to the model as ``<model>.json``
 (:func:`build_sidecars`, :func:`encode_sidecar`); ``atml evaluate`` reads it back
 (:func:`load_sidecar`, :func:`sidecar_spec`). No torch here.
 """
@@ -26,16 +28,17 @@ from atml.errors import DataError, ExportError
 from atml.metrics import METRIC_NAMES
 
 __all__ = [
-    "OPSET", "INPUT_NAME", "OUTPUT_NAME", "SIDECAR_FORMAT", "REQUIRED_FIELDS",
+    "OPSET", "INPUT_NAME", "OUTPUT_NAME", "PROBABILITIES_NAME", "SIDECAR_FORMAT", "REQUIRED_FIELDS",
     "sidecar_path", "json_ready", "file_info", "reported_metrics", "quantization_entry",
     "ExportFacts", "build_sidecars", "encode_sidecar", "load_sidecar",
-    "sidecar_fs", "sidecar_spec", "recorded_test_subjects", "recorded_validation",
+    "sidecar_fs", "input_kind", "input_fs", "sidecar_spec", "recorded_test_subjects", "recorded_validation",
 ]
 
 # The exported file's contract, which the sidecar records: one input, one output, opset.
 OPSET = 17
 INPUT_NAME = "ecg"
 OUTPUT_NAME = "logits"
+PROBABILITIES_NAME = "probabilities"  # the raw graph's second output
 SIDECAR_FORMAT = "atml-onnx/1"
 REQUIRED_FIELDS = ("input", "preprocessing", "classes")  # what evaluate cannot do without
 
@@ -111,21 +114,53 @@ class ExportFacts:
     parity_tolerance: float
     metrics_float: dict[str, float]
     metrics_int8: dict[str, float] | None = None
+    fs_net: int | None = None  # rate of the network's input (None: data.target_fs, else data.fs)
+    lead_names: tuple[str, ...] = ()  # the network's leads, when the format names them
+    network_bytes: int | None = None  # size of the network's own float graph
+    # The raw graph (None: the file takes the network's input): leads, samples, fs, lead_names
+    # of its input, its preprocessing steps, its parity entry and the training_match entry.
+    raw: dict[str, Any] | None = None
+
+    def network(self) -> dict[str, Any]:
+        """The network's input: shape, leads, samples, rate and lead names, and its graph's size."""
+        fs = self.fs_net if self.fs_net is not None else int(self.spec.target_fs or self.spec.fs)
+        size = self.network_bytes
+        return {"shape": ["batch", self.leads, self.samples], "leads": self.leads, "samples": self.samples,
+                "fs": int(fs), "lead_names": list(self.lead_names), "size_bytes": size,
+                "size_kb": None if size is None else round(size / 1024, 2)}
+
+    def graph_input(self) -> dict[str, Any]:
+        """The file's input: the raw items (raw graph) or the network's input."""
+        net, raw = self.network(), self.raw
+        if raw is None:
+            return {"name": INPUT_NAME, "kind": "network", "shape": net["shape"], "leads": self.leads,
+                    "samples": self.samples, "fs": net["fs"], "lead_names": net["lead_names"], "dtype": "float32"}
+        return {"name": INPUT_NAME, "kind": "raw", "shape": ["batch", raw["leads"], raw["samples"]],
+                "leads": raw["leads"], "samples": raw["samples"], "fs": raw["fs"],
+                "lead_names": list(raw["lead_names"]), "dtype": "float32"}
 
     def common(self) -> dict[str, Any]:
         """The entries the float and the int8 sidecar share, in the order they are written."""
-        spec, task = self.spec, self.task
+        spec, task, raw = self.spec, self.task, self.raw
         meaning = "sigmoid gives per-class probabilities" if task == "multilabel" else \
             "softmax gives class probabilities"
+        inp = self.graph_input()
+        probs = None if raw is None else {
+            "name": PROBABILITIES_NAME, "shape": ["batch", self.n_classes],
+            "meaning": ("sigmoid of the logits: per-class probabilities" if task == "multilabel"
+                        else "softmax of the logits: class probabilities")}
+        parity_raw = None if raw is None else {**raw["parity"], "training_match": raw.get("training_match")}
         return {
             "format": SIDECAR_FORMAT,
-            "input": {"name": INPUT_NAME, "shape": ["batch", self.leads, self.samples], "leads": self.leads,
-                      "samples": self.samples, "dtype": "float32"},
+            "input": inp,
+            "network": self.network(),
             "output": {"name": OUTPUT_NAME, "shape": ["batch", self.n_classes], "meaning": "raw logits; " + meaning},
+            "probabilities": probs,
             "task": task,
-            "fs": int(spec.fs),
+            "fs": inp["fs"],  # the rate of the file's input
             "preprocessing": {**spec.signal_settings(),
-                              "per": "segment and lead" if spec.normalize == "zscore" else None},
+                              "per": "segment and lead" if spec.normalize == "zscore" else None,
+                              "in_graph": raw is not None, "graph": None if raw is None else raw["steps"]},
             "classes": list(self.classes),
             "positive_class": self.classes[1] if task == "binary" else None,
             "positive_labels": list(spec.positive),
@@ -138,8 +173,9 @@ class ExportFacts:
             "fit": self.fit,
             # held out by the search (never used for selection): `atml evaluate --subjects test`
             "test": {"segments": self.test_segments, "subjects": list(self.test_subjects)},
+            # the network's logits against torch; raw: the whole graph against Python + torch
             "parity": {"max_abs_diff": self.parity_diff, "segments": self.parity_segments,
-                       "tolerance": self.parity_tolerance},
+                       "tolerance": self.parity_tolerance, "raw": parity_raw},
             "study": self.study,
             "trial": {"number": self.trial, "value": self.value, "params": self.params},
             "family": self.family,
@@ -187,8 +223,21 @@ def load_sidecar(model_path: str | Path) -> dict[str, Any]:
 
 
 def sidecar_fs(side: dict[str, Any]) -> int:
-    """The sampling rate the model's input was made at."""
+    """The source rate of txt/npz/synthetic segments the export read (``DataSpec.fs``)."""
     return int(side["preprocessing"].get("fs", side.get("fs", 250)))
+
+
+def input_kind(side: dict[str, Any]) -> str:
+    """``raw`` (the preprocessing is in the graph) or ``network``; sidecars before raw graphs: network."""
+    return str((side.get("input") or {}).get("kind", "network"))
+
+
+def input_fs(side: dict[str, Any]) -> int:
+    """The sampling rate of the file's input (older sidecars: data.target_fs, else data.fs)."""
+    fs = (side.get("input") or {}).get("fs")
+    if fs is not None:
+        return int(fs)
+    return int(side["preprocessing"].get("target_fs") or sidecar_fs(side))
 
 
 def sidecar_spec(side: dict[str, Any], model_path: str | Path, data_path: str | Path, samples: int) -> DataSpec:

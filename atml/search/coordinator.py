@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -25,16 +26,17 @@ import optuna
 from atml import records
 from atml.config import Budget, SearchSpace, load_space
 from atml.data.folds import subject_folds
+from atml.device import Placement, check_precision, cuda_count, parse_device, place_workers, resolve_device
 from atml.errors import DataError, SpaceError
 from atml.metrics import LCB_METRIC_NAMES, SUBJECT_METRIC_NAMES
-from atml.search.local import LocalWorkers, fail_orphans, stop_workers, tail, wait_any
+from atml.search.local import LocalWorkers, fail_orphans, stop_workers, tail, wait_any, worker_envs
 from atml.search.progress import Progress, poll
 from atml.search.worker import WorkerOptions, budget_left
 from atml.storage import RETRY_WAIT, checkpoint_sqlite, default_artifacts, open_storage
 from atml.trial import attributes, data_spec
 
 __all__ = ["SearchOptions", "SearchResult", "run_search", "default_artifacts", "check_data", "with_overrides",
-           "create_or_resume", "best_summary", "worker_argv"]
+           "create_or_resume", "best_summary", "worker_argv", "placement"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 class SearchOptions:
     space_path: str
     storage: str
-    workers: int = 2
+    workers: int | None = 2  # None: one per core (CPU), or --workers-per-gpu on each GPU (CUDA)
     threads: int = WorkerOptions.threads
     data_path: str | None = None
     artifacts: str | None = None
@@ -57,6 +59,9 @@ class SearchOptions:
     heartbeat_interval: int = WorkerOptions.heartbeat_interval  # workers' heartbeat, seconds
     # seconds without heartbeat before a worker's trial is failed and retried
     grace_period: int = WorkerOptions.grace_period
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    gpus: tuple[int, ...] | None = None  # CUDA: the GPUs the local workers run on (default: every visible one)
+    workers_per_gpu: int | None = None  # CUDA: worker processes on each of them (default 1)
 
 
 @dataclass
@@ -202,11 +207,24 @@ def best_summary(study: optuna.Study, artifacts: str) -> dict[str, Any] | None:
     }
 
 
-def worker_argv(opts: SearchOptions, study: str, artifacts: str, storage_url: str) -> list[str]:
-    """The ``atml worker`` arguments every local worker of this search runs with."""
+def placement(opts: SearchOptions) -> Placement:
+    """Which device (and GPU) each local worker of this search gets; DeviceError for a device
+    this machine lacks. Asks torch for GPUs only when the device may be CUDA."""
+    d = parse_device(opts.device)
+    if d == "mps":
+        resolve_device(d)
+    return place_workers(d, 0 if d in ("cpu", "mps") else cuda_count(), workers=opts.workers, gpus=opts.gpus,
+                         per_gpu=opts.workers_per_gpu, cores=os.cpu_count() or 1)
+
+
+def worker_argv(opts: SearchOptions, study: str, artifacts: str, storage_url: str,
+                device: str | None = None) -> list[str]:
+    """The ``atml worker`` arguments every local worker of this search runs with (on ``device``)."""
     argv = ["worker", "--storage", storage_url, "--study", study, "--artifacts", artifacts,
             "--threads", str(opts.threads), "--quiet",
             "--heartbeat", str(opts.heartbeat_interval), "--grace", str(opts.grace_period)]
+    if device is not None:
+        argv += ["--device", device]
     if opts.data_path is not None:
         argv += ["--data", str(Path(opts.data_path).resolve())]
     if opts.verbose:
@@ -220,12 +238,16 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
                note: Callable[[str], None] = _quiet) -> SearchResult:
     """Run a whole search; returns the summary (the CLI prints it). ``note`` hears one line per stage."""
     t0 = time.time()
-    if opts.workers < 0:
+    if opts.workers is not None and opts.workers < 0:
         raise SpaceError(f"--workers must be >= 0 (got {opts.workers})")
+    place = placement(opts)  # a device that is not there: before any process or file
+    n = place.workers
     _stop_on_signals()
-    workers = LocalWorkers(opts.workers, opts.threads)  # they import torch while we check
+    envs = worker_envs(place.gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if place.gpus else None
+    workers = LocalWorkers(n, opts.threads, envs)  # they import torch while we check
     try:
         space = with_overrides(load_space(opts.space_path), opts)
+        check_precision(space.precisions, place.device)
         if opts.data_path is not None and not Path(opts.data_path).exists():
             raise DataError(f"--data: no such file or directory: {opts.data_path}")
         artifacts = opts.artifacts or default_artifacts(opts.storage)
@@ -241,7 +263,7 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
     except BaseException:
         workers.cancel()
         raise
-    if not left and why is not None and opts.workers > 0:
+    if not left and why is not None and n > 0:
         workers.cancel()
         note(f"study {name} resumed: its budget is already spent ({why}); raise it with --n-trials "
              "(or --timeout) to run more trials")
@@ -252,8 +274,9 @@ def run_search(opts: SearchOptions, on_progress: Callable[[dict[str, Any]], None
             stop_reason=why, wall_seconds=time.time() - t0, skipped=final["skipped"], already_spent=why,
         )
     verb = "resumed" if resumed else "created"
-    note(f"study {name} {verb}; {opts.workers} workers starting" if opts.workers else f"study {name} {verb}")
-    workers.go(worker_argv(opts, name, artifacts, opts.storage), log_dir)
+    where = f" on {len(set(place.gpus))} GPU(s)" if place.gpus else ""
+    note(f"study {name} {verb}; {n} workers starting{where}" if n else f"study {name} {verb}")
+    workers.go(worker_argv(opts, name, artifacts, opts.storage, place.device), log_dir)
     procs = workers.procs
     interrupted = False
     bar = Progress(space, enabled=opts.progress and bool(procs))

@@ -19,9 +19,20 @@ from optuna.trial import TrialState
 from atml import records
 from atml.storage.optuna_internals import study_storage, trial_id
 
-__all__ = ["LocalWorkers", "wait_any", "stop_workers", "fail_orphans", "tail"]
+__all__ = ["LocalWorkers", "worker_envs", "wait_any", "stop_workers", "fail_orphans", "tail"]
 
 log = logging.getLogger(__name__)
+
+
+def worker_envs(gpus: tuple[int, ...], visible: str | None = None) -> list[dict[str, str]]:
+    """The environment each local GPU worker adds to this process's: ``CUDA_VISIBLE_DEVICES``
+    naming its one GPU (``gpus[i]``, an index among the GPUs this process sees).
+
+    ``visible`` is this process's own ``CUDA_VISIBLE_DEVICES``: when set, index ``g`` means
+    its ``g``-th entry (``visible="2,3"``: GPU 1 is ``3``), as torch counts them.
+    """
+    names = [v.strip() for v in visible.split(",")] if visible else None
+    return [{"CUDA_VISIBLE_DEVICES": names[g] if names is not None else str(g)} for g in gpus]
 
 
 class LocalWorkers:
@@ -34,12 +45,14 @@ class LocalWorkers:
     have touched the storage or written a file.
     """
 
-    def __init__(self, n: int, threads: int) -> None:
-        env = dict(os.environ)
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    def __init__(self, n: int, threads: int, envs: list[dict[str, str]] | None = None) -> None:
+        """Start ``n`` standby workers; worker ``i`` adds ``envs[i]`` (its GPU) to the environment."""
+        base = dict(os.environ)
+        base.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         self.procs: list[tuple[subprocess.Popen, Path]] = []
         self._early: list[Any] = []
-        for _ in range(n):
+        for i in range(n):
+            env = {**base, **(envs[i] if envs else {})}
             early = tempfile.TemporaryFile()  # output before go (an import error)
             # Own process group: Ctrl-C reaches the workers only through us, so we can
             # decide the order (stop them, then clean up) instead of racing them.

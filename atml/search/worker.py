@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from atml import records
 from atml.config import SearchSpace, space_from_stored
+from atml.device import check_precision, describe, resolve_device
 from atml.errors import DataError, StorageError
 from atml.gate import AvoidEntry, add_avoid, clean_partial
 from atml.search.strategy import make_pruner, make_sampler
@@ -79,6 +80,7 @@ class WorkerOptions:
     max_retry: int = 2
     max_failures: int = 5  # consecutive failed trials before this worker gives up
     artifact_store: str | None = None  # path or s3://bucket; default <artifacts>/artifact-store
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps: where this worker's trials train
 
 
 def load_study_space(storage: Any, name: str) -> SearchSpace:
@@ -149,9 +151,13 @@ def preload() -> None:
 
 
 def run_worker(opts: WorkerOptions, stop: StopFlag | None = None) -> int:
-    """Run trials of ``opts.study`` until its budget is spent; returns trials run here."""
+    """Run trials of ``opts.study`` until its budget is spent; returns trials run here.
+
+    The trials train on ``opts.device``; the data is copied there once, for all of them."""
     import torch
 
+    device = resolve_device(opts.device)  # a device that is not there: before the storage is touched
+    device_label = describe(device)
     torch.set_num_threads(opts.threads)
     try:
         torch.set_num_interop_threads(1)
@@ -165,11 +171,13 @@ def run_worker(opts: WorkerOptions, stop: StopFlag | None = None) -> int:
         grace_period=opts.grace_period, max_retry=opts.max_retry,
     )
     space = load_study_space(storage, opts.study)
+    check_precision(space.precisions, device)
     spec = data_spec(space.data, opts.data_path)
     if spec.path is not None and not Path(spec.path).exists():
         raise DataError(f"data path {spec.path} does not exist on this machine (pass --data)")
     cache = Path(opts.artifacts) / "cache"
-    data = DataVariants(space.data, opts.data_path, cache) if space.data_params else prepare_data(spec, cache)
+    data = (DataVariants(space.data, opts.data_path, cache, device=device) if space.data_params
+            else prepare_data(spec, cache, device))
     clean_partial(Path(opts.artifacts) / opts.study / "gate")
     epochs = int(space.train_fixed.get("epochs", TrainConfig.epochs))
     study = optuna.load_study(
@@ -180,6 +188,7 @@ def run_worker(opts: WorkerOptions, stop: StopFlag | None = None) -> int:
 
     def guarded(trial: optuna.Trial) -> float:
         trial.set_user_attr(records.WORKER, worker_id())
+        trial.set_user_attr(records.DEVICE, device_label)
         n = space.budget.n_trials
         if n is not None:
             # WAITING too: a retry of a dead worker's trial queued before this one will run.
@@ -206,10 +215,11 @@ def run_worker(opts: WorkerOptions, stop: StopFlag | None = None) -> int:
     ran = failures = 0
     finished: list[optuna.trial.FrozenTrial] = []
     if isinstance(data, DataVariants):
-        log.info("worker joined study %s (%d preprocessing variants searched)", opts.study, len(space.data_variants()))
+        log.info("worker joined study %s on %s (%d preprocessing variants searched)", opts.study, device_label,
+                 len(space.data_variants()))
     else:
-        log.info("worker joined study %s (%d x %d samples, %d train / %d val segments)",
-                 opts.study, data.n_leads, data.n_samples, len(data.y_train), len(data.y_val))
+        log.info("worker joined study %s on %s (%d x %d samples, %d train / %d val segments)",
+                 opts.study, device_label, data.n_leads, data.n_samples, len(data.y_train), len(data.y_val))
     try:
         outage = Backoff("worker loop")  # storage lost outside the objective: wait, not a trial failure
         while not stop():

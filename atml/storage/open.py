@@ -2,7 +2,7 @@
 (or MySQL) through Optuna's ``RDBStorage``, or an Optuna gRPC storage proxy.
 
 Heartbeats are on for worker processes so that a killed worker's trial is failed and
-retried. A storage opened for a worker (``heartbeat=True``) or with ``retry_wait``
+retried (through a gRPC proxy too: the proxy records them and fails stale trials). A storage opened for a worker (``heartbeat=True``) or with ``retry_wait``
 retries its reads and idempotent writes by itself; readers fail at once.
 """
 
@@ -20,7 +20,7 @@ from atml.storage.urls import engine_kwargs, grpc_address, prepare_sqlite, redac
 if TYPE_CHECKING:
     from atml.storage.resilient import ResilientStorage
 
-__all__ = ["open_storage"]
+__all__ = ["open_storage", "StaleTrialRetry"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def open_storage(
     if connect_wait is None:
         connect_wait = RETRY_WAIT if heartbeat else 0.0
     if url.startswith("grpc://"):
-        return _open_grpc(url, heartbeat=heartbeat, retry_wait=retry_wait, connect_wait=connect_wait)
+        return _open_grpc(url, heartbeat=heartbeat, heartbeat_interval=heartbeat_interval, retry_wait=retry_wait,
+                          connect_wait=connect_wait)
     import optuna
 
     from atml.storage.resilient import ResilientStorage
@@ -71,9 +72,10 @@ def open_storage(
         hb = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period}
         retry_cb = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
         if retry_cb is not None:  # optuna >= 4.9
-            hb["heartbeat_stale_trial_callback"] = retry_cb(max_retry=max_retry)
+            hb["heartbeat_stale_trial_callback"] = StaleTrialRetry(retry_cb(max_retry=max_retry), grace_period)
         else:
-            hb["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)
+            hb["failed_trial_callback"] = StaleTrialRetry(
+                optuna.storages.RetryFailedTrialCallback(max_retry=max_retry), grace_period)
     kwargs = engine_kwargs(url, pool_size)
 
     def connect() -> optuna.storages.RDBStorage:
@@ -112,7 +114,8 @@ def _is_db_error(exc: BaseException) -> bool:
     return any(isinstance(e, (DBAPIError, StorageInternalError)) for e in causes(exc))
 
 
-def _open_grpc(url: str, *, heartbeat: bool, retry_wait: float, connect_wait: float) -> ResilientStorage:
+def _open_grpc(url: str, *, heartbeat: bool, heartbeat_interval: int, retry_wait: float,
+               connect_wait: float) -> ResilientStorage:
     host, port = grpc_address(url)
     try:
         import grpc  # noqa: F401
@@ -121,12 +124,25 @@ def _open_grpc(url: str, *, heartbeat: bool, retry_wait: float, connect_wait: fl
         raise StorageError(f"storage {url}: the gRPC proxy client needs grpcio (pip install grpcio)") from None
     from atml.storage.resilient import ResilientStorage
 
-    if heartbeat:
-        log.warning("storage %s: Optuna's gRPC proxy does not carry heartbeats; a trial of a killed "
-                    "worker stays RUNNING (use a database URL for workers that may be killed)", url)
     proxy = GrpcStorageProxy(host=host, port=port)
     try:
         proxy.wait_server_ready(timeout=max(connect_wait, 5.0))
     except ConnectionError:
         raise StorageError(f"storage {url}: cannot connect (no gRPC storage proxy answers)") from None
-    return ResilientStorage(proxy, retry_wait=retry_wait)
+    # Heartbeats travel as a reserved trial attribute that `atml storage-proxy` records;
+    # the proxy fails and retries a trial whose worker stopped sending them.
+    return ResilientStorage(proxy, retry_wait=retry_wait, relay_heartbeat=heartbeat_interval if heartbeat else None)
+
+
+class StaleTrialRetry:
+    """Optuna's retry of a trial whose heartbeat went stale, with one log line saying so
+    (a class, not a closure: storages are pickled)."""
+
+    def __init__(self, retry: Any, grace: int) -> None:
+        self.retry = retry
+        self.grace = grace
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        log.warning("trial %d of study %s: no heartbeat for %d s (its worker stopped): failed, and retried "
+                    "unless its retries are used up", trial.number, study.study_name, self.grace)
+        self.retry(study, trial)

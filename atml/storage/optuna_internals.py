@@ -9,6 +9,8 @@ upgrade that renames one breaks this module only, and its tests say so.
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 import optuna
 from optuna.storages import BaseStorage
 
@@ -19,9 +21,10 @@ from optuna.study import Study
 
 # What ``BaseStorage.get_all_studies`` returns; no public module exports the class.
 from optuna.study._frozen import FrozenStudy
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["BaseHeartbeat", "FrozenStudy", "trial_id", "study_id", "study_storage", "cached", "rdb_models"]
+__all__ = ["BaseHeartbeat", "FrozenStudy", "trial_id", "study_id", "study_storage", "cached", "rdb_models",
+           "rdb_trials"]
 
 
 def trial_id(t: FrozenTrial) -> int:
@@ -69,3 +72,14 @@ def rdb_models():  # noqa: ANN201 - Optuna's private ORM module
     from optuna.storages._rdb import models
 
     return models
+
+
+def rdb_trials(backend: BaseStorage, study_id: int, ids: list[int], states: Container[TrialState]) -> list[FrozenTrial]:
+    """Trials of ``study_id`` in ``states`` with one of ``ids`` (or a higher id), read in full
+    by the ``RDBStorage`` ``backend`` in one query.
+
+    ``RDBStorage._get_trials`` is the query Optuna's own cache refreshes itself with; the
+    public ``get_all_trials`` cannot be narrowed to a few ids, and ``get_trial`` is a
+    query per trial."""
+    return backend._get_trials(study_id, states=states, included_trial_ids=set(ids),
+                               trial_id_greater_than=max(ids))

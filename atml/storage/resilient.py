@@ -5,6 +5,13 @@ for ``retry_wait`` seconds; finishing a trial is retried and a retry whose earli
 did commit counts as a success; a heartbeat that cannot be written is logged instead of
 killing Optuna's heartbeat thread. Every other ``BaseStorage`` method is passed through.
 
+Heartbeats through Optuna's gRPC storage proxy: its protocol has no heartbeat call, so a
+client wrapper (``relay_heartbeat``) sends each heartbeat as the reserved trial system
+attribute :data:`HEARTBEAT_RELAY`, and the wrapper the proxy serves (one with heartbeats)
+records that attribute in the database's heartbeat table instead of storing it. The
+proxy then fails stale trials exactly as a worker on the database would
+(:mod:`atml.storage.proxy`).
+
 An RDB backend sits behind the cache Optuna itself puts in front of one: ``create_study``
 and ``load_study`` add that cache only to an ``RDBStorage`` instance, which this wrapper
 is not, and without it every sampler call would read the whole study.
@@ -12,6 +19,8 @@ is not, and without it every sampler call would read the whole study.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import time
 from collections.abc import Callable, Container, Sequence
@@ -23,10 +32,15 @@ from optuna.storages import BaseStorage
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from atml.storage.optuna_internals import BaseHeartbeat, FrozenStudy, cached
+from atml.storage.finished import FinishedTrials, asks_finished_only
+from atml.storage.optuna_internals import BaseHeartbeat, FrozenStudy, cached, rdb_models, study_storage
+from atml.storage.optuna_internals import study_id as storage_study_id
 from atml.storage.retry import first_line, is_transient, retrying
 
-__all__ = ["ResilientStorage"]
+__all__ = ["ResilientStorage", "HEARTBEAT_RELAY", "study_user_attr"]
+
+# The wire form of a heartbeat through a gRPC storage proxy: never stored as an attribute.
+HEARTBEAT_RELAY = "atml.heartbeat"
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +55,17 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
     the caller at once). Trial creation is not retried: it is not idempotent (a retried
     insert whose first commit went through would leave a RUNNING trial nobody owns);
     Optuna retries it itself and the worker loop retries the rest. Heartbeats are on
-    when the backend has them (Optuna asks ``get_heartbeat_interval``)."""
+    when the backend has them (Optuna asks ``get_heartbeat_interval``), or with
+    ``relay_heartbeat`` (seconds) for a backend without them: a gRPC proxy client, whose
+    heartbeats the proxy records (see the module notes)."""
 
-    def __init__(self, backend: BaseStorage, *, retry_wait: float) -> None:
+    def __init__(self, backend: BaseStorage, *, retry_wait: float, relay_heartbeat: int | None = None) -> None:
         self.backend = backend
         self.retry_wait = retry_wait
         self._store = cached(backend)
         self._hb_logged: float | None = None
+        self._relay = relay_heartbeat if not isinstance(self._store, BaseHeartbeat) else None
+        self._finished = FinishedTrials(self._store, backend) if getattr(backend, "engine", None) is not None else None
 
     @property
     def engine(self) -> Any:
@@ -84,6 +102,25 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
 
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
         return self._retry(self._store.get_study_user_attrs, study_id)
+
+    def get_study_user_attr(self, study_id: int, key: str) -> Any:
+        """One user attribute of a study (None when unset).
+
+        On a database one row is read; ``get_study_user_attrs`` reads and parses every
+        attribute, the stored space and the whole avoid list included, which a check
+        made every epoch of every trial should not pay for. Other backends (the gRPC
+        proxy) have no narrower call than that one."""
+        if getattr(self.backend, "engine", None) is None:
+            return self.get_study_user_attrs(study_id).get(key)
+        return self._retry(self._read_study_user_attr, study_id, key)
+
+    def _read_study_user_attr(self, study_id: int, key: str) -> Any:
+        import sqlalchemy as sa
+
+        t = rdb_models().StudyUserAttributeModel.__table__
+        with self.backend.engine.connect() as con:
+            row = con.execute(sa.select(t.c.value_json).where(t.c.study_id == study_id, t.c.key == key)).first()
+        return None if row is None else json.loads(row[0])
 
     def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
         return self._retry(self._store.get_study_system_attrs, study_id)
@@ -140,6 +177,9 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         self._retry(self._store.set_trial_user_attr, trial_id, key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        if key == HEARTBEAT_RELAY and self._heartbeat() is not None:
+            self.record_heartbeat(trial_id)  # relayed by a gRPC proxy client: a heartbeat, not an attribute
+            return
         self._retry(self._store.set_trial_system_attr, trial_id, key, value)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
@@ -147,6 +187,13 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
+        """All trials (in ``states``), by number. Without RUNNING ones (what pruners and
+        samplers ask for every epoch, and ``ask`` for WAITING trials) they come from
+        :class:`~atml.storage.finished.FinishedTrials` on a database: Optuna's cache would
+        re-read every running trial in full."""
+        if self._finished is not None and asks_finished_only(states):
+            trials = self._retry(self._finished.get_all_trials, study_id, states)
+            return copy.deepcopy(trials) if deepcopy else trials
         return self._retry(self._store.get_all_trials, study_id, deepcopy, states)
 
     def get_n_trials(self, study_id: int, state: tuple[TrialState, ...] | TrialState | None = None) -> int:
@@ -176,14 +223,17 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         return self._store if isinstance(self._store, BaseHeartbeat) else None
 
     def record_heartbeat(self, trial_id: int) -> None:
-        """Record a heartbeat; one that cannot be written is logged, never raised:
-        Optuna's heartbeat thread would die, and the live trial be failed as stale by
-        other workers."""
+        """Record a heartbeat (or relay it to a gRPC proxy); one that cannot be written is
+        logged, never raised: Optuna's heartbeat thread would die, and the live trial be
+        failed as stale by other workers."""
         hb = self._heartbeat()
-        if hb is None:
+        if hb is None and self._relay is None:
             return
         try:
-            hb.record_heartbeat(trial_id)
+            if hb is not None:
+                hb.record_heartbeat(trial_id)
+            else:
+                self._store.set_trial_system_attr(trial_id, HEARTBEAT_RELAY, True)
         except Exception as e:
             now = time.monotonic()
             if self._hb_logged is None or now - self._hb_logged >= 30:
@@ -193,14 +243,24 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                             exc_info=not is_transient(e))
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        # Part of BaseHeartbeat's interface, private in Optuna: passed on as it is.
+        # Part of BaseHeartbeat's interface, private in Optuna: passed on as it is. A relaying
+        # client finds none: the proxy holds the heartbeat table and fails stale trials itself.
         hb = self._heartbeat()
         return [] if hb is None else self._retry(hb._get_stale_trial_ids, study_id)
 
     def get_heartbeat_interval(self) -> int | None:
         hb = self._heartbeat()
-        return None if hb is None else hb.get_heartbeat_interval()
+        return self._relay if hb is None else hb.get_heartbeat_interval()
 
     def get_heartbeat_stale_trial_callback(self) -> Callable[[Study, FrozenTrial], None] | None:
         hb = self._heartbeat()
         return None if hb is None else hb.get_heartbeat_stale_trial_callback()
+
+
+def study_user_attr(study: Study, key: str) -> Any:
+    """One user attribute of ``study`` read from its storage now (None when unset): a
+    single row where the storage is a :class:`ResilientStorage` over a database."""
+    storage = study_storage(study)
+    if isinstance(storage, ResilientStorage):
+        return storage.get_study_user_attr(storage_study_id(study), key)
+    return study.user_attrs.get(key)

@@ -12,13 +12,19 @@ from typing import Any
 from atml.train import TrainResult
 
 __all__ = [
-    "N_PARAMS", "ONNX_KB", "AVOIDED_BY", "METRICS", "BEST_EPOCH", "EPOCHS_RUN", "STOPPED_EARLY", "HISTORY",
+    "N_PARAMS", "ONNX_KB", "MACS", "INT8_KB", "LATENCY_MS", "DEPLOYED", "AVOIDED_BY", "METRICS", "BEST_EPOCH", "EPOCHS_RUN", "STOPPED_EARLY", "HISTORY",
     "CHECKPOINT", "EPOCH_SECONDS", "TRIAL_SECONDS", "GATE", "GATE_RESULT", "GATE_FOLDER",
-    "SUBJECTS", "FOLDS", "record_history", "record_result", "record_subjects", "history",
+    "SUBJECTS", "FOLDS", "INIT", "record_history", "record_result", "record_subjects", "history",
 ]
 
 N_PARAMS = "n_params"  # trainable parameters of the built model
 ONNX_KB = "onnx_kb"  # size of its ONNX export, measured before training
+MACS = "macs"  # multiply-accumulates of one forward pass on one segment, before training
+# Measured after training on the int8 export, only when the space names one (atml.trial.deployed);
+# the int8 model's validation metrics join METRICS as int8_<metric>.
+INT8_KB = "int8_kb"  # size of the int8 network, as `atml export --int8 --no-preprocessing` writes it
+LATENCY_MS = "latency_ms"  # median ms per segment of the int8 model: onnxruntime, batch 1, one thread
+DEPLOYED = "deployed"  # how those were measured: model(s), calibration, latency runs, seconds
 AVOIDED_BY = "avoided_by"  # number of the avoid-list trial whose neighbourhood it fell in
 METRICS = "metrics"  # validation metrics of the kept epoch
 BEST_EPOCH = "best_epoch"
@@ -26,6 +32,7 @@ EPOCHS_RUN = "epochs_run"
 STOPPED_EARLY = "stopped_early"
 HISTORY = "history"  # per epoch: train_loss, val_loss and the study metric (the multi-objective median rule reads it)
 CHECKPOINT = "checkpoint"  # path of model.pt relative to <artifacts>/<study>
+INIT = "init"  # what a warm start did: source, tensors copied/new, head, lead mapping, rate, frozen blocks
 EPOCH_SECONDS = "epoch_seconds"
 TRIAL_SECONDS = "trial_seconds"
 GATE = "gate"  # {"lo": lowest, "hi": highest gate metric}

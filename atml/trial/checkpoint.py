@@ -1,8 +1,9 @@
 """The trial checkpoint: where it lives, how it is written (atomically) and read back.
 
 A checkpoint is one ``torch.save`` of a plain dict: the model family and its
-hyperparameters, the input shape and classes, the weights, the trial's parameters and
-its validation metrics; enough to rebuild the model with no study at hand.
+hyperparameters, the input shape, rate, lead names and classes, the weights, the trial's
+parameters and its validation metrics (and a warm start's ``init`` record); enough to
+rebuild the model with no study at hand.
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 def save_checkpoint(path: Path, *, family: str, hparams: dict[str, Any], data: PreparedData,
                     state_dict: dict[str, torch.Tensor], params: dict[str, Any], trial: int, study: str,
-                    metrics: dict[str, float], folds: list[dict[str, Any]] | None = None) -> Path:
+                    metrics: dict[str, float], folds: list[dict[str, Any]] | None = None,
+                    init: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint of one trained trial to ``path``; returns ``path``.
+
+    ``init`` is what a warm start did (:func:`atml.trial.warmstart.WarmStarted.record`).
 
     A cross-validated trial also keeps its fold models: ``folds`` is one
     ``{"state_dict", "held_subjects"}`` per fold, and ``state_dict`` is the first fold's.
@@ -55,7 +59,10 @@ def save_checkpoint(path: Path, *, family: str, hparams: dict[str, Any], data: P
         "family": family, "hparams": hparams, "in_channels": data.n_leads, "n_classes": len(data.classes),
         "n_samples": data.n_samples, "fs": data.fs, "classes": list(data.classes), "task": data.task,
         "state_dict": state_dict, "params": params, "trial": trial, "study": study, "metrics": metrics,
+        "leads": list(getattr(data, "leads", ())),
     }
+    if init is not None:
+        ck["init"] = init
     if folds is not None:
         ck["folds"] = folds
     atomic_save(ck, path)

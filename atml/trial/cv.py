@@ -77,7 +77,7 @@ class CVResult:
 def folds_of(d: PreparedData, v: ValidationSettings) -> list[Fold]:
     """The folds of ``d``'s non-test subjects under ``v`` (DataError when there are too few subjects)."""
     _, y, subject = d.pool()
-    return subject_folds(subject, y.numpy(), v.folds, seed=v.seed, repeats=v.repeats)
+    return subject_folds(subject, y.cpu().numpy(), v.folds, seed=v.seed, repeats=v.repeats)
 
 
 def pooled_metrics(task: str, classes: tuple[str, ...], subject: np.ndarray, y: np.ndarray, proba: np.ndarray,
@@ -118,10 +118,15 @@ def cross_validate(trial: optuna.Trial, space: SearchSpace, d: PreparedData, cfg
 
     ``cfg`` is the trial's training configuration (seed included); ``build()`` returns a
     fresh model. Raises ``optuna.TrialPruned`` when the pruner stops the trial after a fold.
+    Folds train where ``d``'s tensors are; the fold models come back on the CPU.
     """
     st, v = space.study, space.validation
     x, y_t, subject = d.pool()
-    y = y_t.numpy()
+    y = y_t.cpu().numpy()
+
+    def rows(idx: np.ndarray) -> torch.Tensor:  # fold positions as an index on the data's device
+        return torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(x.device)
+
     folds = folds_of(d, v)
     fraction = d.val_fraction if v.inner_fraction is None else v.inner_fraction
     n_classes = len(d.classes)
@@ -141,11 +146,12 @@ def cross_validate(trial: optuna.Trial, space: SearchSpace, d: PreparedData, cfg
         else:  # a fixed number of epochs: the last is kept, nothing is chosen
             tr, inner = fold.train, fold.train[:: max(1, len(fold.train) // 512)]
             fcfg = dataclasses.replace(fcfg, keep="last", patience=cfg.epochs + 1, min_epochs=cfg.epochs)
-        res: TrainResult = fit(model, x[tr], y_t[tr], x[inner], y_t[inner], fcfg,
+        tr_i, in_i = rows(tr), rows(inner)
+        res: TrainResult = fit(model, x[tr_i], y_t[tr_i], x[in_i], y_t[in_i], fcfg,
                                report=_fold_reporter(trial, st, fold.index, history),
                                should_stop=should_stop, classes=d.classes)
         model.load_state_dict(res.state_dict)
-        p, _ = predict_proba(model, x[fold.held], task=d.task)
+        p, _ = predict_proba(model, x[rows(fold.held)], task=d.task, precision=fcfg.precision)
         proba[fold.repeat, fold.held] = p
         if fold.repeat == 0:
             fold_of[fold.held] = fold.index

@@ -23,7 +23,7 @@ from atml.metrics import base_metric
 from atml.models import build_model
 from atml.storage import worker_id
 from atml.train import TrainResult, fit, predict_proba
-from atml.trial import attributes, screen
+from atml.trial import attributes, deployed, screen, warmstart
 from atml.trial.checkpoint import CHECKPOINT_FILE, checkpoint_dir, save_checkpoint, save_oof
 from atml.trial.cv import cross_validate, pooled_metrics
 from atml.trial.data import DataVariants, PreparedData
@@ -34,9 +34,10 @@ __all__ = ["Objective", "objective_values"]
 
 
 def objective_values(st: StudySettings, metrics: dict[str, float], onnx_kb: float,
-                     n_params: int) -> float | list[float]:
-    """The study's objective value(s) of a trained trial: metrics, or its size for a size objective."""
-    sizes = {"onnx_kb": onnx_kb, "n_params": float(n_params)}
+                     n_params: int, deployed_sizes: dict[str, float] | None = None) -> float | list[float]:
+    """The study's objective value(s) of a trained trial: metrics (``int8_<metric>`` among them
+    when measured), or a size for a size objective (``deployed_sizes``: int8_kb, latency_ms)."""
+    sizes = {"onnx_kb": onnx_kb, "n_params": float(n_params), **(deployed_sizes or {})}
     values = [sizes[m] if m in sizes else metrics[m] for m, _ in st.all_objectives]
     return values[0] if len(values) == 1 else values
 
@@ -73,15 +74,20 @@ class Objective:
         torch.manual_seed(seed)
         fam, hp = config.family, params["model"]["hparams"]
         d = self.data.get(config.data) if isinstance(self.data, DataVariants) else self.data
-        model = build_model(fam, in_channels=d.n_leads, n_classes=len(d.classes), **hp)
+        ws = warmstart.prepare(config, d)  # model.init: the source's architecture and weights
+        if ws is not None:
+            hp = params["model"]["hparams"] = ws.hparams
+        model = build_model(fam, in_channels=d.n_leads, n_classes=len(d.classes), **hp) if ws is None else ws.build()
+        warmstart.record(trial, ws)
         n_params, onnx_kb = screen.check_size(trial, self.space, model, d)
         cfg = dataclasses.replace(config.train, seed=seed, metric=base_metric(st.metric), direction=st.direction,
-                                  task=d.task)
+                                  task=d.task, lr_scale=ws.lr_scale if ws is not None else 1.0)
         epochs: list[dict[str, float]] = []
         ck_path = checkpoint_dir(self.artifacts, st.name, trial.number) / CHECKPOINT_FILE
         folds = None
         if self.space.validation.cv:
-            cv = cross_validate(trial, self.space, d, cfg, lambda: build_model(fam, in_channels=d.n_leads,
+            cv = cross_validate(trial, self.space, d, cfg, ws.build if ws is not None else lambda: build_model(
+                                fam, in_channels=d.n_leads,
                                 n_classes=len(d.classes), **hp), epochs, self.should_stop)
             metrics = cv.metrics
             res = TrainResult(best_epoch=cv.best_epoch, epochs_run=cv.epochs_run, metrics=metrics,
@@ -97,18 +103,21 @@ class Objective:
             metrics = {k: float(v) for k, v in res.metrics.items() if k not in ("epoch", "lr")}
             if d.task == "binary" and len(d.subject_val):  # the spread over the validation subjects
                 model.load_state_dict(res.state_dict)
-                proba, _ = predict_proba(model, d.x_val, task=d.task)
-                spread, per = pooled_metrics(d.task, d.classes, d.subject_val, d.y_val.numpy(), proba,
+                proba, _ = predict_proba(model, d.x_val, task=d.task, precision=cfg.precision)
+                spread, per = pooled_metrics(d.task, d.classes, d.subject_val, d.y_val.cpu().numpy(), proba,
                                              self.space.validation.confidence, seed=st.seed)
                 metrics.update({k: v for k, v in spread.items() if k not in metrics})
                 attributes.record_subjects(trial, per)
+        dep = deployed.measure(trial, self.space, d, model, [f["state_dict"] for f in folds] if folds else
+                               [res.state_dict])  # the int8 export's figures, when the space names one
+        metrics.update(dep.metrics)
         save_checkpoint(ck_path, family=fam, hparams=hp, data=d, state_dict=res.state_dict, params=params,
                         trial=trial.number, study=st.name, metrics=res.metrics if folds is None else metrics,
-                        folds=folds)
+                        folds=folds, init=ws.record if ws is not None else None)
         attributes.record_result(trial, res, metrics, epochs, str(ck_path.relative_to(self.artifacts / st.name)),
                                  time.perf_counter() - t0)
-        if self.space.gate.enabled:
-            model.load_state_dict(res.state_dict)
+        if self.space.gate.enabled:  # on the CPU, where the gate exports ONNX
+            model.cpu().load_state_dict(res.state_dict)
             apply_gate(trial, self.space, Trained(model, metrics, params, ck_path, d), self.artifacts,
                        self.artifact_store)
-        return objective_values(st, metrics, onnx_kb, n_params)  # type: ignore[return-value]
+        return objective_values(st, metrics, onnx_kb, n_params, dep.sizes)  # type: ignore[return-value]

@@ -9,6 +9,8 @@ records and because an :class:`~atml.trial.Objective` used on its own must prune
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +21,16 @@ from atml import records
 from atml.config import StudySettings
 from atml.trial import attributes
 
-__all__ = ["MEDIAN_STARTUP_TRIALS", "MEDIAN_WARMUP_STEPS", "median_rule", "should_prune", "epoch_reporter"]
+__all__ = ["MEDIAN_STARTUP_TRIALS", "MEDIAN_WARMUP_STEPS", "STOP_CHECK_SECONDS", "median_rule", "should_prune",
+           "epoch_reporter"]
 
 # The median rule's defaults, shared with Optuna's MedianPruner built by the search strategy.
 MEDIAN_STARTUP_TRIALS = 4
 MEDIAN_WARMUP_STEPS = 2
+
+# A trial reads the study's stop reason after its first epoch, then at most this often: on
+# an accelerator an epoch can take a fraction of a second, and every worker asks.
+STOP_CHECK_SECONDS = 2.0
 
 
 def median_rule(study: optuna.Study, st: StudySettings, epoch: int, value: float) -> bool:
@@ -58,16 +65,22 @@ def epoch_reporter(trial: optuna.Trial, st: StudySettings,
     """The ``report`` callback of :func:`atml.train.fit` for ``trial``.
 
     Each epoch: append to ``epochs`` (the trial's history), report to the pruner, then end
-    the trial as pruned when the study was stopped (by the gate, the dashboard, a signal)
-    or the pruner says so.
+    the trial as pruned when the study was stopped (by the gate, the dashboard, a signal;
+    read after the first epoch and then every :data:`STOP_CHECK_SECONDS` at most) or the
+    pruner says so.
     """
     study = trial.study
+    checked = -math.inf
 
     def report(epoch: int, value: float, m: dict[str, Any]) -> None:
+        nonlocal checked
         epochs.append({k: float(m[k]) for k in ("train_loss", "val_loss", st.metric) if k in m})
         if not st.multi:
             trial.report(value, epoch)
-        stopped = records.stop_reason(study.user_attrs)
+        stopped = None
+        if time.monotonic() - checked >= STOP_CHECK_SECONDS:
+            checked = time.monotonic()
+            stopped = records.read_stop_reason(study)
         if stopped:
             attributes.record_history(trial, epochs)
             records.set_reason(trial, f"study stopped ({stopped})")

@@ -14,7 +14,7 @@ import torch
 from atml import gate as g
 from atml import records
 from atml.config import Param, SearchSpace
-from atml.models import count_parameters
+from atml.models import count_macs, count_parameters
 from atml.onnx.convert import onnx_size_kb
 from atml.trial import attributes
 from atml.trial.data import PreparedData
@@ -42,22 +42,26 @@ def check_size(trial: optuna.Trial, space: SearchSpace, model: torch.nn.Module, 
     """Measure and record the model's size; skip it past the gate's size limit or a constraint.
 
     Size is known before training: measured for every trial (the dashboard plots metric
-    against size) and a size limit rejects a model without training it. Returns
-    ``(parameters, ONNX KB)``.
+    against size) and a size limit rejects a model without training it. So are its
+    multiply-accumulates (``max_macs``). Returns ``(parameters, ONNX KB)``.
     """
     n_params = count_parameters(model)
     trial.set_user_attr(attributes.N_PARAMS, n_params)
+    macs = count_macs(model, d.n_leads, d.n_samples)
+    trial.set_user_attr(attributes.MACS, macs)
     onnx_kb = onnx_size_kb(model, d.n_leads, d.n_samples)
     trial.set_user_attr(attributes.ONNX_KB, round(onnx_kb, 2))
     cap = space.gate.max_onnx_kb
     if cap is not None and onnx_kb > cap:
         skip(trial, f"size limit: ONNX {onnx_kb:.1f} KB > max_onnx_kb {cap:g}", avoid=True)
-    for key, attr, unit in (("max_onnx_kb", onnx_kb, "KB ONNX"), ("max_params", n_params, "parameters")):
+    for key, attr, unit in (("max_onnx_kb", onnx_kb, "KB ONNX"), ("max_params", n_params, "parameters"),
+                            ("max_macs", macs, "multiply-accumulates")):
         limit = space.study.constraints.get(key)
         if limit is None:
             continue
         # Optuna's constraint handling: <= 0 is feasible; samplers rank violators last.
         trial.set_constraint(key, float(attr) - limit)
         if attr > limit:  # known before training: the violator is not trained
-            skip(trial, f"constraint: {attr:.1f} {unit} > {key} {limit:g}")
+            shown = f"{attr:.1f}" if isinstance(attr, float) else str(attr)
+            skip(trial, f"constraint: {shown} {unit} > {key} {limit:g}")
     return n_params, onnx_kb

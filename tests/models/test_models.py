@@ -194,6 +194,7 @@ _EXPORT_CASES = [(f, {}) for f in FAMILIES] + [
     ("afnet", {"rhythm": 2}),
     ("afnet", {"rhythm": 1, "depth": 1, "se_reduction": 0}),
     ("resnet1d", {"stride": 1, "growth": 1.0}),
+    ("resnet1d", {"preset": "resnet18", "width_multiplier": 0.125}),
     ("sepnet", {"groups": 2, "expansion": 1}),
     ("sepnet", {"groups": 4, "width": 10}),
     ("inception1d", {"depth": 4}),

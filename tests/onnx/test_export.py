@@ -21,7 +21,7 @@ from atml.errors import ExportError
 from atml.models import build_model
 from atml.onnx.convert import export_onnx, onnx_size_kb
 from atml.onnx.export import export_trial, write_files
-from atml.onnx.runtime import ort_session
+from atml.onnx.runtime import ort_session, softmax
 from atml.onnx.sidecar import sidecar_path
 from atml.trial import load_checkpoint
 
@@ -55,6 +55,13 @@ def real_x(txt_sample, tmp_path_factory) -> np.ndarray:
     return np.array(ds.x[:64], dtype=np.float32)  # a writable copy of the memmap
 
 
+@pytest.fixture(scope="module")
+def raw_x(txt_sample, tmp_path_factory) -> np.ndarray:
+    """The same IESD segments as the source has them (not normalised): what the raw graph takes."""
+    ds = load_dataset(DataSpec(path=str(txt_sample), normalize="none"), tmp_path_factory.mktemp("cache"))
+    return np.array(ds.x[:64], dtype=np.float32)
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
@@ -73,32 +80,46 @@ def test_export_prints_parity_and_passes_checker(exported):
     model = onnx.load(exported.model)
     onnx.checker.check_model(model, full_check=True)
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
-    (inp,), (out,) = model.graph.input, model.graph.output
-    assert inp.name == "ecg" and out.name == "logits"
+    (inp,), outs = model.graph.input, model.graph.output
+    assert inp.name == "ecg" and [o.name for o in outs] == ["logits", "probabilities"]
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 1250]
     assert exported.model.stat().st_mode & 0o044, "files keep umask permissions"
+    m = re.search(r"raw graph vs Python preprocessing \+ torch on (\d+) validation items: max \|probability diff\| "
+                  r"(\S+)", exported.stdout)
+    assert m and int(m.group(1)) == exported.side["validation"]["segments"] and float(m.group(2)) < 1e-4
+    assert "input ecg [batch, 1, 1250] float32 raw @ 250 Hz, outputs logits [batch, 2], probabilities" \
+        in exported.stdout and "preprocessing in the graph: z-score per lead" in exported.stdout
 
 
-def test_dynamic_batch_matches_torch_on_real_segments(exported, study, real_x):
+def test_dynamic_batch_matches_torch_on_real_segments(exported, study, real_x, raw_x):
+    """The raw graph takes the segments as the source has them and normalises them itself."""
     import torch
 
     model, _ = load_checkpoint(study.checkpoint)
     session = ort_session(exported.model)
     for batch in (1, 7):
-        x = real_x[:batch]
-        (got,) = session.run(None, {"ecg": x})
+        logits, probs = session.run(None, {"ecg": raw_x[:batch]})
         with torch.no_grad():
-            expected = model(torch.from_numpy(x)).numpy()
-        assert got.shape == (batch, 2)
-        assert np.abs(got - expected).max() < 1e-4
+            expected = model(torch.from_numpy(real_x[:batch])).numpy()
+        assert logits.shape == probs.shape == (batch, 2)
+        assert np.abs(logits - expected).max() < 1e-4
+        assert np.abs(probs - softmax(expected.astype(np.float64))).max() < 1e-4
 
 
 def test_sidecar_contents(exported, study):
     s, best = exported.side, study.best
-    assert s["input"] == {"name": "ecg", "shape": ["batch", 1, 1250], "leads": 1, "samples": 1250,
-                          "dtype": "float32"}
+    assert s["input"] == {"name": "ecg", "kind": "raw", "shape": ["batch", 1, 1250], "leads": 1, "samples": 1250,
+                          "fs": 250, "lead_names": [], "dtype": "float32"}
+    assert s["network"] == {"shape": ["batch", 1, 1250], "leads": 1, "samples": 1250, "fs": 250, "lead_names": [],
+                            "size_bytes": s["network"]["size_bytes"], "size_kb": s["network"]["size_kb"]}
+    # the raw graph's tensor names are shortened: with only a z-score in front it can be the smaller file
+    assert s["network"]["size_bytes"] > 0 and 0 < s["preprocessing"]["graph"]["size_bytes"] < 2000
     assert s["output"]["name"] == "logits" and s["output"]["shape"] == ["batch", 2]
+    assert s["probabilities"] == {"name": "probabilities", "shape": ["batch", 2],
+                                  "meaning": "softmax of the logits: class probabilities"}
+    assert s["preprocessing"]["in_graph"] is True and s["preprocessing"]["graph"]["normalize"] == "zscore"
+    assert s["parity"]["raw"]["max_prob_diff"] < 1e-4 and s["parity"]["raw"]["training_match"] is None
     assert s["fs"] == 250 and s["preprocessing"]["normalize"] == "zscore"
     assert s["preprocessing"]["segment_length"] == 1250
     assert s["classes"] == ["non-AFIB", "AFIB"] and s["positive_class"] == "AFIB"
@@ -136,8 +157,8 @@ def test_ensemble_export_is_one_verified_model_and_reproducible(study, exported,
     assert a["fit"]["seeds"] == b["fit"]["seeds"] and a["sha256"] == b["sha256"]
     # member 0 is the trial's checkpoint, member 1 a second seed: the mean differs from either
     x = np.random.default_rng(0).standard_normal((8, 1, 1250)).astype(np.float32)
-    (ens,) = ort_session(tmp_path / "ens.onnx").run(None, {"ecg": x})
-    (one,) = ort_session(exported.model).run(None, {"ecg": x})
+    (ens,) = ort_session(tmp_path / "ens.onnx").run(["logits"], {"ecg": x})
+    (one,) = ort_session(exported.model).run(["logits"], {"ecg": x})
     assert ens.shape == one.shape == (8, 2) and not np.allclose(ens, one, atol=1e-3)
 
 
@@ -157,11 +178,12 @@ def test_refit_trains_on_train_and_validation_subjects_only(study, exported, tmp
     assert s["sha256"] != exported.side["sha256"] and s["parity"]["max_abs_diff"] < 1e-4
 
 
-def test_int8_model_runs_scores_and_is_smaller(exported, real_x):
+def test_int8_model_runs_scores_and_is_smaller(exported, raw_x):
     onnx.checker.check_model(onnx.load(exported.int8))
     session = ort_session(exported.int8)
-    (logits,) = session.run(None, {"ecg": real_x[:3]})
-    assert logits.shape == (3, 2) and np.isfinite(logits).all()
+    logits, probs = session.run(None, {"ecg": raw_x[:3]})
+    assert logits.shape == probs.shape == (3, 2) and np.isfinite(logits).all()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert exported.int8.stat().st_size < exported.model.stat().st_size
     assert exported.int8_side["size_bytes"] == exported.int8.stat().st_size
     m = exported.int8_side["metrics"]["int8"]
@@ -175,8 +197,8 @@ def test_onnx_size_kb_matches_export_and_is_fast(study, exported):
     t = time.perf_counter()
     kb = onnx_size_kb(model, 1, 1250)
     took = time.perf_counter() - t
-    # Measured on the model as built (before training), it is the trained export's size exactly.
-    assert round(kb, 2) == exported.side["size_kb"]
+    # Measured on the model as built (before training), it is the trained network's export size exactly.
+    assert round(kb, 2) == exported.side["network"]["size_kb"]
     assert took < 1.5, f"onnx_size_kb took {took:.2f} s"
     model.train()
     onnx_size_kb(model, 1, 1250)
@@ -185,9 +207,11 @@ def test_onnx_size_kb_matches_export_and_is_fast(study, exported):
 
 def test_trial_size_is_the_exported_size(study, exported):
     """The trial's ONNX KB (measured before training, shown in the summary and dashboard) is
-    the exported float file's size, to the same two decimals."""
-    assert study.best.user_attrs["onnx_kb"] == exported.side["size_kb"]
-    assert f"({exported.side['size_kb']:.1f} KB" in exported.stdout
+    the exported network's float size, to the same two decimals; the raw graph adds its
+    preprocessing to the file."""
+    assert study.best.user_attrs["onnx_kb"] == exported.side["network"]["size_kb"]
+    assert f"({exported.side['size_kb']:.1f} KB; network alone {exported.side['network']['size_kb']:.1f} KB" \
+        in exported.stdout
 
 
 def test_export_on_real_data_and_no_partial_files(study, txt_sample, tmp_path):

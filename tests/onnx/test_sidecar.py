@@ -18,6 +18,8 @@ from atml.onnx.sidecar import (
     ExportFacts,
     build_sidecars,
     encode_sidecar,
+    input_fs,
+    input_kind,
     json_ready,
     load_sidecar,
     quantization_entry,
@@ -28,7 +30,7 @@ from atml.onnx.sidecar import (
 )
 
 # The order a sidecar's entries are written in (the float model's; the int8 one adds float_file).
-KEYS = ["format", "input", "output", "task", "fs", "preprocessing", "classes", "positive_class", "positive_labels",
+KEYS = ["format", "input", "network", "output", "probabilities", "task", "fs", "preprocessing", "classes", "positive_class", "positive_labels",
         "drop_labels", "label_map", "metrics", "validation", "fit", "test", "parity", "study", "trial", "family",
         "hparams", "n_params", "opset", "atml_version", "exported_at", "file", "precision", "quantization",
         "size_bytes", "size_kb", "sha256"]
@@ -77,8 +79,11 @@ def test_build_then_load_round_trips(tmp_path):
     # Strict JSON (NaN -> null), numpy scalars as Python numbers, only reported metrics kept.
     assert s["metrics"]["float"] == {"f1": 0.5, "auroc": None, "tn": 3, "f1_AFIB": 0.5}
     assert s["metrics"]["int8"] == {"f1": 0.4, "accuracy": 0.75}
-    assert s["input"] == {"name": "ecg", "shape": ["batch", 1, 1250], "leads": 1, "samples": 1250,
-                          "dtype": "float32"}
+    assert s["input"] == {"name": "ecg", "kind": "network", "shape": ["batch", 1, 1250], "leads": 1, "samples": 1250,
+                          "fs": 250, "lead_names": [], "dtype": "float32"}
+    assert s["network"] == {"shape": ["batch", 1, 1250], "leads": 1, "samples": 1250, "fs": 250, "lead_names": [],
+                            "size_bytes": None, "size_kb": None}
+    assert s["probabilities"] is None and s["preprocessing"]["in_graph"] is False and s["parity"]["raw"] is None
     assert s["output"]["meaning"] == "raw logits; softmax gives class probabilities"
     assert s["preprocessing"]["per"] == "segment and lead" and s["preprocessing"]["bandpass"] == [0.5, 40.0]
     assert s["positive_class"] == "AFIB" and s["drop_labels"] == ["UNK"] and s["opset"] == 17
@@ -105,6 +110,30 @@ def test_what_evaluate_reads_back(tmp_path):
     assert recorded_validation(side) == (side["metrics"]["float"], True)
     refit = {**side, "precision": "int8", "validation": {"held_out": False}}
     assert recorded_validation(refit) == (side["metrics"]["int8"], False)
+
+
+def test_a_raw_graph_states_both_inputs(tmp_path):
+    """A 125 Hz model of 250 Hz segments: the file takes 250 Hz, its network 125 Hz."""
+    spec = DataSpec(drop_labels=("UNK",), target_fs=125, bandpass=(1.0, 25.0))
+    raw = {"leads": 1, "samples": 1250, "fs": 250, "lead_names": [], "steps": {"normalize": "zscore"},
+           "parity": {"max_prob_diff": 3e-7, "segments": 32, "tolerance": 1e-4}, "training_match": None}
+    side = build_sidecars(_facts(spec=spec, samples=625, fs_net=125, network_bytes=2048, raw=raw),
+                          tmp_path / "m.onnx", b"raw")[tmp_path / "m.onnx"]
+    assert side["input"] == {"name": "ecg", "kind": "raw", "shape": ["batch", 1, 1250], "leads": 1, "samples": 1250,
+                             "fs": 250, "lead_names": [], "dtype": "float32"}
+    assert side["network"] == {"shape": ["batch", 1, 625], "leads": 1, "samples": 625, "fs": 125, "lead_names": [],
+                               "size_bytes": 2048, "size_kb": 2.0}
+    assert side["fs"] == 250 and side["preprocessing"]["fs"] == 250 and side["preprocessing"]["target_fs"] == 125
+    assert side["preprocessing"]["in_graph"] is True and side["preprocessing"]["graph"] == {"normalize": "zscore"}
+    assert side["probabilities"]["name"] == "probabilities"
+    assert side["parity"]["raw"] == {**raw["parity"], "training_match": None}
+    assert (input_kind(side), input_fs(side)) == ("raw", 250)
+    net = build_sidecars(_facts(spec=spec, samples=625, fs_net=125), tmp_path / "n.onnx", b"n")[tmp_path / "n.onnx"]
+    assert (input_kind(net), input_fs(net), net["fs"]) == ("network", 125, 125)
+    # sidecars from before raw graphs: the network's input, at target_fs when there was one
+    old = {"input": {"name": "ecg", "shape": ["batch", 1, 625]}, "preprocessing": {"fs": 250, "target_fs": 125}}
+    assert (input_kind(old), input_fs(old)) == ("network", 125)
+    assert input_fs({"input": {}, "preprocessing": {"fs": 250, "target_fs": None}}) == 250
 
 
 def test_load_of_a_missing_or_invalid_sidecar(tmp_path):

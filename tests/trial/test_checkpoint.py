@@ -10,7 +10,7 @@ from atml.train import TrainConfig, evaluate, fit, predict_proba
 from atml.trial import CHECKPOINT_FILE, checkpoint_dir, load_checkpoint, save_checkpoint
 
 FORMAT = {"family", "hparams", "in_channels", "n_classes", "n_samples", "fs", "classes", "task", "state_dict",
-          "params", "trial", "study", "metrics"}
+          "params", "trial", "study", "metrics", "leads"}
 
 
 @pytest.fixture(scope="module")

@@ -155,7 +155,7 @@ def test_export_from_folds_ships_the_fold_models_and_the_honest_estimate(cv_stud
     url, root = cv_study
     out = tmp_path / "folds.onnx"
     r = subprocess.run([*atml_cmd, "export", "--storage", url, "--study", "cv", "--artifacts", str(root),
-                        "--out", str(out), "--from-folds", "--int8"], capture_output=True, text=True, timeout=600)
+                        "--out", str(out), "--from-folds", "--int8", "--no-preprocessing"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "3 fold models averaged" in r.stdout and "cross-validated estimate" in r.stdout
     side = json.loads(out.with_name("folds.onnx.json").read_text())
@@ -184,7 +184,20 @@ def test_export_from_folds_ships_the_fold_models_and_the_honest_estimate(cv_stud
     r = subprocess.run([*atml_cmd, "evaluate", "--model", str(out), "--data", str(txt_sample), "--json"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["segments"] == 344
+    network = json.loads(r.stdout)
+    assert network["segments"] == 344
+    # the default graph (raw 250 Hz segments in, the preprocessing inside) scores the same
+    raw = tmp_path / "folds_raw.onnx"
+    r = subprocess.run([*atml_cmd, "export", "--storage", url, "--study", "cv", "--artifacts", str(root),
+                        "--out", str(raw), "--from-folds"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(raw.with_name("folds_raw.onnx.json").read_text())["input"]["kind"] == "raw"
+    r = subprocess.run([*atml_cmd, "evaluate", "--model", str(raw), "--data", str(txt_sample), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    scored = json.loads(r.stdout)
+    assert scored["segments"] == 344
+    assert scored["metrics"]["f1"] == pytest.approx(network["metrics"]["f1"], abs=1e-3)
 
 
 def test_compare_pairs_two_configurations_on_the_same_folds(txt_sample, tmp_path, atml_cmd):

@@ -138,7 +138,7 @@ def test_search_trains_each_trial_on_its_own_preprocessing(shared_data, tmp_path
     pre = side["preprocessing"]
     assert pre["window"] == best.params["data.window"] and pre["target_fs"] == best.params["data.target_fs"]
     assert pre["bandpass"] == json.loads(best.params["data.bandpass"])
-    assert side["input"]["samples"] == int(best.params["data.window"] * best.params["data.target_fs"])
+    assert side["network"]["samples"] == int(best.params["data.window"] * best.params["data.target_fs"])
     assert side["parity"]["max_abs_diff"] < 1e-4
     # evaluate redoes the trial's preprocessing from the sidecar (windows, rate, leads, band-pass)
     r = subprocess.run([*atml_cmd, "evaluate", "--model", str(out), "--data", str(shared_data / "cpsc2021_sample"),

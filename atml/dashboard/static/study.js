@@ -34,6 +34,7 @@
       best.replaceChildren(el("div", { class: "empty", text: s.multi_objective ? "multi-objective: see the Pareto front" : "no completed trial yet" }));
     }
     const ws = s.workers.map((w) => el("li", {}, el("code", { text: w.worker }),
+      w.device ? ` on ${w.device}` : "",
       w.running.length ? ` running ${w.running.map((n) => `#${n}`).join(", ")}` : "",
       w.heartbeat_age !== null ? ` · heartbeat ${w.heartbeat_age} s ago` : "",
       !w.running.length && w.last_seen ? ` · last trial ended ${new Date(w.last_seen).toLocaleTimeString()}` : ""));
