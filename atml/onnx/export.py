@@ -290,6 +290,8 @@ def _record_subjects(final: FinalFit, tr: _Trial, ref: TrialRef) -> None:
         seen = (set(split.train_subjects) | set(split.val_subjects)) - set(folds[0].get("held_subjects") or [])
         final.validation_held_out = not seen & set(split.val_subjects)
     final.info["subjects_seen"] = sorted(seen, key=subject_sort_key)
+    if tr.ck.get("init"):  # warm-started: the source model's training data shaped these weights too
+        final.info["warm_start"] = tr.ck["init"]
     if folds:
         m = ref.user_attrs.get(attributes.METRICS) or {}
         final.info["cross_validated"] = {

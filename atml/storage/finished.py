@@ -8,12 +8,19 @@ such call loads W running trials, and the storage work of a study grows with W²
 workers it was most of the workers' CPU. Finished trials never change, so
 :class:`FinishedTrials` keeps them and asks the database only for the ids and states of
 the unfinished and the new trials (two small columns), then loads in full just the trials
-that have finished since, and the WAITING ones when those are asked for.
+that have finished since. WAITING trials, when the probe finds any, are read through
+Optuna's cache (``ask`` pops them from it).
+
+A worker's storage may also let other workers' finished trials lag (``refresh_every``
+seconds): a pruner asking every epoch then reads the database at most that often. Its own
+finished trials and WAITING ones are never late (:meth:`FinishedTrials.touch` after each
+of its own writes that finish a trial), so one worker alone sees exactly what it wrote.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,32 +47,45 @@ class _Study:
     waiting: list[int] = field(default_factory=list)  # ids seen WAITING by the last read
     last: int = -1  # highest trial id seen
     ordered: list[FrozenTrial] | None = None  # ``finished`` by number, rebuilt on change
+    checked: float = 0.0  # time.monotonic() of the last read
+    stale: bool = False  # this process finished a trial since
 
 
 class FinishedTrials:
-    """Finished trials per study of the RDB storage ``backend`` (behind Optuna's cache ``store``)."""
+    """Finished trials per study of the RDB storage ``backend`` (behind Optuna's cache ``store``),
+    re-read at most every ``refresh_every`` seconds (0: at every call)."""
 
-    def __init__(self, store: BaseStorage, backend: Any) -> None:
+    def __init__(self, store: BaseStorage, backend: Any, refresh_every: float = 0.0) -> None:
         self.store = store
         self.backend = backend
+        self.refresh_every = refresh_every
         self._studies: dict[int, _Study] = {}
         self._lock = threading.Lock()
+
+    def touch(self) -> None:
+        """This process finished a trial (or added a finished one): the next read goes to the database."""
+        with self._lock:
+            for s in self._studies.values():
+                s.stale = True
 
     def get_all_trials(self, study_id: int, states: Container[TrialState]) -> list[FrozenTrial]:
         """The study's trials in ``states`` (not RUNNING), by number, as the database holds them now."""
         with self._lock:
             s = self._studies.get(study_id)
+            now = time.monotonic()
             if s is None:
                 s = self._studies[study_id] = self._first(study_id)
-            else:
+                s.checked = now
+            elif s.stale or now - s.checked >= self.refresh_every or TrialState.WAITING in states:
                 self._refresh(study_id, s)
+                s.checked, s.stale = now, False
             if s.ordered is None:
                 s.ordered = sorted(s.finished.values(), key=lambda t: t.number)
-            out = [t for t in s.ordered if t.state in states]
-            if TrialState.WAITING in states and s.waiting:  # queued trials: read fresh, in full
-                out += rdb_trials(self.backend, study_id, s.waiting, (TrialState.WAITING,))
-                out.sort(key=lambda t: t.number)
-            return out
+            if TrialState.WAITING in states and s.waiting:
+                # Queued trials: through Optuna's cache, which must know a trial that ``ask``
+                # pops from the queue (the rare case; usually the queue is empty).
+                return self.store.get_all_trials(study_id, deepcopy=False, states=states)
+            return [t for t in s.ordered if t.state in states]
 
     def _first(self, study_id: int) -> _Study:
         # One bulk read through Optuna's cache (a worker joining a large study pays it once).
@@ -112,7 +132,7 @@ class FinishedTrials:
             s.ordered = None
 
     def __getstate__(self) -> dict[str, Any]:  # storages are pickled; the views are rebuilt
-        return {"store": self.store, "backend": self.backend}
+        return {"store": self.store, "backend": self.backend, "refresh_every": self.refresh_every}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["store"], state["backend"])
+        self.__init__(state["store"], state["backend"], state["refresh_every"])

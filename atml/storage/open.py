@@ -104,7 +104,10 @@ def open_storage(
                 or _is_db_error(e)):
             raise
         raise StorageError(f"storage {redact(url)}: cannot connect ({first_line(e)})") from None
-    return ResilientStorage(backend, retry_wait=retry_wait)
+    # A worker's pruner and sampler may see other workers' finished trials up to a second late
+    # (its own never): at every epoch of every worker, a read of the database each time is
+    # what makes a study's storage work grow with the square of its workers.
+    return ResilientStorage(backend, retry_wait=retry_wait, finished_lag=1.0 if heartbeat else 0.0)
 
 
 def _is_db_error(exc: BaseException) -> bool:

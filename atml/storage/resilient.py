@@ -57,15 +57,18 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
     Optuna retries it itself and the worker loop retries the rest. Heartbeats are on
     when the backend has them (Optuna asks ``get_heartbeat_interval``), or with
     ``relay_heartbeat`` (seconds) for a backend without them: a gRPC proxy client, whose
-    heartbeats the proxy records (see the module notes)."""
+    heartbeats the proxy records (see the module notes). ``finished_lag``: how late other
+    processes' finished trials may be seen (:class:`~atml.storage.finished.FinishedTrials`)."""
 
-    def __init__(self, backend: BaseStorage, *, retry_wait: float, relay_heartbeat: int | None = None) -> None:
+    def __init__(self, backend: BaseStorage, *, retry_wait: float, relay_heartbeat: int | None = None,
+                 finished_lag: float = 0.0) -> None:
         self.backend = backend
         self.retry_wait = retry_wait
         self._store = cached(backend)
         self._hb_logged: float | None = None
         self._relay = relay_heartbeat if not isinstance(self._store, BaseHeartbeat) else None
-        self._finished = FinishedTrials(self._store, backend) if getattr(backend, "engine", None) is not None else None
+        self._finished = (FinishedTrials(self._store, backend, refresh_every=finished_lag)
+                          if getattr(backend, "engine", None) is not None else None)
 
     @property
     def engine(self) -> Any:
@@ -130,7 +133,10 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
 
     # -- trials ---------------------------------------------------------------------------
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        return self._store.create_new_trial(study_id, template_trial)
+        tid = self._store.create_new_trial(study_id, template_trial)
+        if self._finished is not None and template_trial is not None and template_trial.state.is_finished():
+            self._finished.touch()
+        return tid
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float,
                         distribution: BaseDistribution) -> None:
@@ -149,6 +155,13 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
                                values: Sequence[float] | None = None) -> bool:
         """Finish (or start) a trial; finishing is retried, and a retry whose earlier
         attempt did commit is a success."""
+        try:
+            return self._set_trial_state_values(trial_id, state, values)
+        finally:
+            if self._finished is not None and state.is_finished():
+                self._finished.touch()  # this process's next read of finished trials sees it
+
+    def _set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> bool:
         # RUNNING (popping a WAITING trial) is left alone: a blind retry could hand the
         # same trial to two workers.
         if self.retry_wait <= 0 or not state.is_finished():

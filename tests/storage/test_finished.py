@@ -4,6 +4,7 @@ running trials. Real SQLite files and the PostgreSQL server."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -110,4 +111,39 @@ def test_a_finished_only_read_does_not_load_running_trials(url: str):
         assert any("trial_intermediate_values" in s for s in statements)
     finally:
         sa.event.remove(me.engine, "before_cursor_execute", record)
+        optuna.delete_study(study_name=name, storage=RDBStorage(url))
+
+
+def test_a_worker_may_see_other_workers_trials_late_but_never_its_own(url: str):
+    from atml.storage.resilient import ResilientStorage
+
+    name = f"fin-{uuid.uuid4().hex[:8]}"
+    other = optuna.create_study(storage=open_storage(url), study_name=name)
+    worker_storage = open_storage(url, heartbeat=True)
+    assert worker_storage.get_heartbeat_interval() is not None
+    lagging = ResilientStorage(RDBStorage(url), retry_wait=0, finished_lag=60)
+    me = optuna.load_study(study_name=name, storage=lagging)
+    sid = study_id(me)
+    done = (TrialState.COMPLETE,)
+    try:
+        assert me.get_trials(states=done) == []
+        other.tell(other.ask(X), 0.5)
+        assert me.get_trials(states=done) == [], "another worker's trial: up to finished_lag late"
+        other.enqueue_trial({"x": 0.1})
+        assert len(me.get_trials(states=(TrialState.WAITING,))) == 1, "queued trials are never late"
+        mine = me.ask(X)
+        me.tell(mine, 0.9)
+        got = [t.number for t in me.get_trials(states=done)]
+        assert got == [0, mine.number], "its own finished trial at once, and whatever the read brought"
+        assert lagging.get_all_trials(sid, states=done) == RDBStorage(url).get_all_trials(sid, states=done)
+        # a worker's storage lags by a second at most
+        other.tell(other.ask(X), 0.4)
+        w = optuna.load_study(study_name=name, storage=worker_storage)
+        first = len(w.get_trials(states=done))
+        other.tell(other.ask(X), 0.3)
+        deadline = time.monotonic() + 5
+        while len(w.get_trials(states=done)) == first and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(w.get_trials(states=done)) == first + 1 and time.monotonic() < deadline
+    finally:
         optuna.delete_study(study_name=name, storage=RDBStorage(url))

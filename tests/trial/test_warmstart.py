@@ -87,6 +87,10 @@ def test_warm_start_from_another_study_freezes_and_exports(source_study, txt_sam
     assert r.returncode == 0, r.stderr[-2000:]
     side = json.loads(Path(f"{out}.json").read_text())
     assert side["study"] == "ws" and side["family"] == "afnet"
+    assert side["fit"]["warm_start"]["frozen"] == ["stem", "blocks.0"]  # the sidecar says where it came from
+    r = subprocess.run([*atml_cmd, "export", "--storage", url, "--study", "ws", "--out", str(tmp_path / "r.onnx"),
+                        "--refit"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "warm-started" in r.stderr and not (tmp_path / "r.onnx").exists()
     # an exported model names its trial: it is a source too (its sidecar leads to the checkpoint)
     again = dict(raw, study={**raw["study"], "name": "ws2"})
     again["model"] = {"families": {"afnet": {}}, "init": {"from": str(out), "storage": url, "head": "keep"}}
