@@ -237,6 +237,7 @@ def fit(
     should_stop: Callable[[], bool] | None = None,
     classes: tuple[str, ...] = (),
     device: str | torch.device | None = None,
+    distill: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model`` and return the best epoch's metrics and weights (``cfg.keep="last"``:
     the last epoch's, for a fixed-length refit whose validation data may be in training).
@@ -247,6 +248,9 @@ def fit(
 
     Trains on ``device`` (default: where ``x_train`` is); the model is moved there and
     stays, data elsewhere is copied there once. The kept weights come back on the CPU.
+
+    ``distill(logits, loss, batch, indices)`` turns each batch's loss into the one minimised
+    (knowledge distillation, :mod:`atml.trial.distill`); ``indices`` are the batch's rows of ``x_train``.
     """
     dev = torch.device(device) if device is not None else x_train.device
     check_precision((cfg.precision,), str(dev))
@@ -301,7 +305,8 @@ def fit(
             xb = augment(stretch(xb, cfg.stretch, gen), cfg.augment, gen, noise_gen)
             opt.zero_grad(set_to_none=True)
             with _autocast(dev, cfg.precision):
-                loss = loss_fn(model(xb), yb)
+                out = model(xb)
+                loss = loss_fn(out, yb) if distill is None else distill(out, loss_fn(out, yb), xb, idx)
             if scaler is None:
                 loss.backward()
                 opt.step()

@@ -30,7 +30,7 @@ from atml.config.schema import Param, WarmStart
 from atml.config.validator import Validator
 from atml.errors import AtmlError
 
-__all__ = ["INIT_KEYS", "HEADS", "WEIGHT_FREE", "init_section"]
+__all__ = ["INIT_KEYS", "HEADS", "WEIGHT_FREE", "init_section", "resolve_checkpoint"]
 
 INIT_KEYS = {"from", "freeze", "lr_scale", "head", "leads", "storage", "artifacts"}
 HEADS = ("new", "keep")
@@ -72,7 +72,7 @@ def init_section(v: Validator, model: dict[str, Any], data: dict[str, Any], data
     src = d["from"]
     if not isinstance(src, str) or not src.strip():
         v.fail("model.init.from", f"expected a checkpoint (.pt), an exported model (.onnx) or study:trial, got {src!r}")
-    checkpoint = _resolve(v, src, d, base_dir) if check_paths else src
+    checkpoint = resolve_checkpoint(v, src, d, base_dir) if check_paths else src
     init = WarmStart(source=src, checkpoint=checkpoint, fixed=fixed, params=tuple(params))
     if build and check_paths:
         data = _check_source(v, init, data, data_params, families, shared, shared_params)
@@ -97,9 +97,11 @@ def _check_lr_scale(v: Validator, val: Any) -> None:
         v.fail("model.init.lr_scale", f"must be > 0 (got {val})")
 
 
-def _resolve(v: Validator, src: str, d: dict[str, Any], base_dir: Path | None) -> str:
-    """The absolute path of the source's ``model.pt``."""
-    where = "model.init.from"
+def resolve_checkpoint(v: Validator, src: str, d: dict[str, Any], base_dir: Path | None,
+                       where: str = "model.init.from") -> str:
+    """The absolute path of the ``model.pt`` that ``src`` names (a ``.pt`` file, an ``.onnx`` export
+    with its sidecar, or ``study:trial`` looked up in ``d``'s ``storage``/``artifacts``); errors
+    name ``where`` (its section's ``storage``/``artifacts`` beside it)."""
     if src.endswith((".pt", ".onnx")):
         p = Path(src).expanduser()
         if not p.is_absolute() and base_dir is not None:
@@ -116,43 +118,44 @@ def _resolve(v: Validator, src: str, d: dict[str, Any], base_dir: Path | None) -
             study, number = str(meta["study"]), int(meta["trial"]["number"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             v.fail(where, f"sidecar {side} does not name a study and trial ({e})")
-        return _trial_checkpoint(v, study, number, d)
+        return _trial_checkpoint(v, study, number, d, where)
     m = _REF.match(src.strip())
     if m is None:
         v.fail(where, f"expected a checkpoint (.pt), an exported model (.onnx) or study:trial, got {src!r}")
-    return _trial_checkpoint(v, m["study"], int(m["trial"]), d)
+    return _trial_checkpoint(v, m["study"], int(m["trial"]), d, where)
 
 
-def _trial_checkpoint(v: Validator, study: str, number: int, d: dict[str, Any]) -> str:
-    """The checkpoint a completed trial of ``study`` recorded, in ``model.init.storage``."""
+def _trial_checkpoint(v: Validator, study: str, number: int, d: dict[str, Any], where: str) -> str:
+    """The checkpoint a completed trial of ``study`` recorded, in the section's ``storage``."""
+    section = where.rsplit(".", 1)[0]
     from atml.storage import DEFAULT_STORAGE, default_artifacts, open_storage, sqlite_path, study_names
 
     url = d.get("storage") or DEFAULT_STORAGE
     if not isinstance(url, str):
-        v.fail("model.init.storage", f"expected a storage URL, got {url!r}")
+        v.fail(f"{section}.storage", f"expected a storage URL, got {url!r}")
     db = sqlite_path(url)
     if db is not None and not db.is_file():
-        v.fail("model.init.storage", f"no such database file {db} (the storage of study {study!r})")
+        v.fail(f"{section}.storage", f"no such database file {db} (the storage of study {study!r})")
     try:
         storage = open_storage(url)
         names = study_names(storage)
         if study not in names:
-            v.fail("model.init.from", f"study {study!r} not found in {url} (studies: {', '.join(names) or 'none'})")
+            v.fail(where, f"study {study!r} not found in {url} (studies: {', '.join(names) or 'none'})")
         trials = storage.get_all_trials(storage.get_study_id_from_name(study), deepcopy=False)
     except AtmlError as e:
-        v.fail("model.init.storage", str(e))
+        v.fail(f"{section}.storage", str(e))
     found = [t for t in trials if t.number == number]
     if not found:
-        v.fail("model.init.from", f"study {study!r} has no trial #{number} ({len(trials)} trials)")
+        v.fail(where, f"study {study!r} has no trial #{number} ({len(trials)} trials)")
     rel = found[0].user_attrs.get(_CHECKPOINT_ATTR)
     if found[0].state.name != "COMPLETE" or not rel:
-        v.fail("model.init.from", f"trial #{number} of study {study!r} is {found[0].state.name} and has no "
-                                  "checkpoint; warm-start from a completed trial")
+        v.fail(where, f"trial #{number} of study {study!r} is {found[0].state.name} and has no "
+                       "checkpoint; name a completed trial")
     home = Path(d.get("artifacts") or default_artifacts(url))
     path = home / study / rel
     if not path.is_file():
-        v.fail("model.init.from", f"checkpoint of trial #{number} of study {study!r} not found: {path} "
-                                  "(set model.init.artifacts to the folder holding <study>/trials/)")
+        v.fail(where, f"checkpoint of trial #{number} of study {study!r} not found: {path} "
+                       f"(set {section}.artifacts to the folder holding <study>/trials/)")
     return str(path.resolve())
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from atml.config.data_rules import data_section
+from atml.config.distill_rules import distill_section
 from atml.config.gate_rules import gate_settings
 from atml.config.init_rules import init_section
 from atml.config.model_rules import model_section
@@ -59,6 +60,7 @@ def space_from_dict(
     families, model_fixed, model_params = model_section(v, raw["model"], build=check_build)
     init, data = init_section(v, raw["model"], data, data_params, families, model_fixed, model_params, base_dir,
                               check_paths, check_build)
+    distill = distill_section(v, raw.get("train") or {}, data, data_params, base_dir, check_paths, check_build)
     gate = gate_settings(v, raw.get("gate") or {})
     validation = validation_settings(v, raw.get("validation") or {})
     stored = dict(raw)
@@ -66,6 +68,8 @@ def space_from_dict(
     stored["data"] = {**data, **{p.key: raw["data"][p.key] for p in data_params}}
     if init is not None:  # the source as resolved here: workers elsewhere read the same checkpoint path
         stored["model"] = {**raw["model"], "init": {**raw["model"]["init"], "from": init.checkpoint}}
+    if distill is not None:  # the teacher as resolved here, as for model.init
+        stored["train"] = {**raw["train"], "distill": {**raw["train"]["distill"], "teacher": distill.teacher}}
     return SearchSpace(
         source=source,
         study=study,
@@ -81,6 +85,7 @@ def space_from_dict(
         data_params=data_params,
         validation=validation,
         init=init,
+        distill=distill,
     )
 
 

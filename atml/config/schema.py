@@ -13,7 +13,7 @@ from atml.config.training import TrainConfig
 from atml.config.trial_config import TrialConfig
 
 __all__ = [
-    "Param", "StudySettings", "Budget", "GateSettings", "SearchSpace", "WarmStart",
+    "Param", "StudySettings", "Budget", "GateSettings", "SearchSpace", "WarmStart", "Distill",
     "combinations", "encode_choices", "field_defaults",
 ]
 
@@ -174,6 +174,26 @@ class WarmStart:
 
 
 @dataclass(frozen=True)
+class Distill:
+    """``train.distill``: train on a teacher's soft targets (:mod:`atml.trial.distill`).
+
+    ``teacher`` is the resolved source (a checkpoint ``.pt`` or an ``.onnx`` export, absolute
+    when the space was loaded); ``fixed`` holds alpha and temperature unless searched
+    (``params``: ``train.distill.alpha``, ``train.distill.temperature``).
+    """
+
+    source: str  # ``teacher`` as written
+    teacher: str
+    fixed: dict[str, Any] = field(default_factory=dict)
+    params: tuple[Param, ...] = ()
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """The trial's distillation: ``{"teacher", "source", "alpha", "temperature"}``."""
+        return {"teacher": self.teacher, "source": self.source, **self.fixed,
+                **{p.name.rsplit(".", 1)[1]: p.suggest(trial) for p in self.params}}
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """A validated search space. ``raw`` is the YAML mapping, kept to store with the study."""
 
@@ -191,12 +211,14 @@ class SearchSpace:
     data_params: tuple[Param, ...] = ()  # searchable preprocessing (data.window, data.bandpass, ...)
     validation: ValidationSettings = field(default_factory=ValidationSettings)
     init: WarmStart | None = None  # model.init: a warm start from a trained model
+    distill: Distill | None = None  # train.distill: soft targets of a teacher
 
     @property
     def params(self) -> tuple[Param, ...]:
         """Every parameter that can be suggested, including conditional ones."""
         out = list(self.data_params)
         out.extend(self.train_params)
+        out.extend(self.distill.params if self.distill is not None else ())
         if len(self.families) > 1:
             out.append(Param("model.family", "categorical", choices=tuple(self.families)))
         out.extend(self.model_params)
@@ -220,6 +242,8 @@ class SearchSpace:
         train = dict(self.train_fixed)
         for p in self.train_params:
             train[p.key] = p.suggest(trial)
+        if self.distill is not None:
+            train["distill"] = self.distill.suggest(trial)
         names = list(self.families)
         family = names[0] if len(names) == 1 else trial.suggest_categorical("model.family", names)
         hparams = dict(self.model_fixed)

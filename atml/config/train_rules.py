@@ -17,10 +17,12 @@ _POSITIVE = {"epochs", "batch_size", "lr", "patience", "lr_patience", "min_epoch
 
 def train_section(v: Validator, d: Any) -> tuple[dict[str, Any], tuple[Param, ...]]:
     """The ``train`` section as (fixed settings with defaults filled in, searched parameters)."""
-    v.keys("train", d, set(TRAIN_DEFAULTS))
+    v.keys("train", d, {*TRAIN_DEFAULTS, "distill"})  # distill: atml.config.distill_rules
     fixed = {k: default for k, (_, default) in TRAIN_DEFAULTS.items()}
     params: list[Param] = []
     for k, spec in d.items():
+        if k == "distill":
+            continue
         typ = TRAIN_DEFAULTS[k][0]
         res = v.param(f"train.{k}", spec, typ, f"train.{k}")
         if isinstance(res, Param):

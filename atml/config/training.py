@@ -40,6 +40,8 @@ class TrainConfig:
     direction: str = "maximize"
     task: str = "binary"  # binary | multiclass (softmax, cross-entropy) | multilabel (sigmoid, BCE)
     lr_scale: float = 1.0  # learning-rate multiplier of every non-head parameter (model.init.lr_scale)
+    # train.distill of the trial: {"teacher": resolved path, "source", "alpha", "temperature"}; None: off
+    distill: dict[str, Any] | None = None
 
     @classmethod
     def from_params(cls, train: dict[str, Any], **extra: Any) -> TrainConfig:

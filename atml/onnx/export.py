@@ -292,6 +292,8 @@ def _record_subjects(final: FinalFit, tr: _Trial, ref: TrialRef) -> None:
     final.info["subjects_seen"] = sorted(seen, key=subject_sort_key)
     if tr.ck.get("init"):  # warm-started: the source model's training data shaped these weights too
         final.info["warm_start"] = tr.ck["init"]
+    if tr.ck.get("distill"):  # trained on a teacher's soft targets
+        final.info["distilled_from"] = tr.ck["distill"]
     if folds:
         m = ref.user_attrs.get(attributes.METRICS) or {}
         final.info["cross_validated"] = {

@@ -91,10 +91,11 @@ def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np
     if not refit and members == 1:
         return FinalFit(checkpoint_model, {"mode": "checkpoint", "members": 1,
                                            "subjects": "train", "note": "the trial's own checkpoint"})
-    if ck.get("init"):
-        # A retrain from random weights would silently drop what the source model brought.
-        raise ExportError(f"trial #{ref.number} was warm-started (model.init); --refit and --ensemble retrain "
-                          "from random weights, which would drop the warm start: export its checkpoint")
+    for key, what in (("init", "warm-started (model.init)"), ("distill", "distilled from a teacher (train.distill)")):
+        if ck.get(key):
+            # A retrain without the source model or the teacher would silently drop what it brought.
+            raise ExportError(f"trial #{ref.number} was {what}; --refit and --ensemble retrain without it: "
+                              "export its checkpoint")
     train_cfg = (ck.get("params") or {}).get("train")
     if not isinstance(train_cfg, dict):
         raise ExportError(f"checkpoint of trial #{ref.number} has no training settings to retrain from")

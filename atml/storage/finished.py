@@ -62,6 +62,11 @@ class FinishedTrials:
         self._studies: dict[int, _Study] = {}
         self._lock = threading.Lock()
 
+    def forget(self, study_id: int) -> None:
+        """Drop what is kept of a deleted study (SQLite may hand its id to the next one)."""
+        with self._lock:
+            self._studies.pop(study_id, None)
+
     def touch(self) -> None:
         """This process finished a trial (or added a finished one): the next read goes to the database."""
         with self._lock:

@@ -87,6 +87,8 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
 
     def delete_study(self, study_id: int) -> None:
         self._store.delete_study(study_id)
+        if self._finished is not None:
+            self._finished.forget(study_id)
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         self._retry(self._store.set_study_user_attr, study_id, key, value)

@@ -113,7 +113,8 @@ def _fold_reporter(trial: optuna.Trial, st: Any, fold: int,
 
 def cross_validate(trial: optuna.Trial, space: SearchSpace, d: PreparedData, cfg: TrainConfig,
                    build: Callable[[], torch.nn.Module], history: list[dict[str, float]],
-                   should_stop: Callable[[], bool] | None = None) -> CVResult:
+                   should_stop: Callable[[], bool] | None = None, distill: Callable[..., torch.Tensor] | None = None,
+                   ) -> CVResult:
     """Train and score one model per fold of ``d``'s non-test subjects; see the module docs.
 
     ``cfg`` is the trial's training configuration (seed included); ``build()`` returns a
@@ -149,7 +150,7 @@ def cross_validate(trial: optuna.Trial, space: SearchSpace, d: PreparedData, cfg
         tr_i, in_i = rows(tr), rows(inner)
         res: TrainResult = fit(model, x[tr_i], y_t[tr_i], x[in_i], y_t[in_i], fcfg,
                                report=_fold_reporter(trial, st, fold.index, history),
-                               should_stop=should_stop, classes=d.classes)
+                               should_stop=should_stop, classes=d.classes, distill=distill)
         model.load_state_dict(res.state_dict)
         p, _ = predict_proba(model, x[rows(fold.held)], task=d.task, precision=fcfg.precision)
         proba[fold.repeat, fold.held] = p

@@ -23,7 +23,7 @@ from atml.metrics import base_metric
 from atml.models import build_model
 from atml.storage import worker_id
 from atml.train import TrainResult, fit, predict_proba
-from atml.trial import attributes, deployed, screen, warmstart
+from atml.trial import attributes, deployed, distill, screen, warmstart
 from atml.trial.checkpoint import CHECKPOINT_FILE, checkpoint_dir, save_checkpoint, save_oof
 from atml.trial.cv import cross_validate, pooled_metrics
 from atml.trial.data import DataVariants, PreparedData
@@ -82,13 +82,15 @@ class Objective:
         n_params, onnx_kb = screen.check_size(trial, self.space, model, d)
         cfg = dataclasses.replace(config.train, seed=seed, metric=base_metric(st.metric), direction=st.direction,
                                   task=d.task, lr_scale=ws.lr_scale if ws is not None else 1.0)
+        teacher = distill.prepare(config, d, per_batch=self.space.validation.cv)  # train.distill
+        distill.record(trial, teacher)
         epochs: list[dict[str, float]] = []
         ck_path = checkpoint_dir(self.artifacts, st.name, trial.number) / CHECKPOINT_FILE
         folds = None
         if self.space.validation.cv:
             cv = cross_validate(trial, self.space, d, cfg, ws.build if ws is not None else lambda: build_model(
                                 fam, in_channels=d.n_leads,
-                                n_classes=len(d.classes), **hp), epochs, self.should_stop)
+                                n_classes=len(d.classes), **hp), epochs, self.should_stop, teacher)
             metrics = cv.metrics
             res = TrainResult(best_epoch=cv.best_epoch, epochs_run=cv.epochs_run, metrics=metrics,
                               state_dict=cv.state_dicts[0],
@@ -99,7 +101,7 @@ class Objective:
             attributes.record_subjects(trial, cv.subjects)
         else:
             res = fit(model, d.x_train, d.y_train, d.x_val, d.y_val, cfg, report=epoch_reporter(trial, st, epochs),
-                      should_stop=self.should_stop, classes=d.classes)
+                      should_stop=self.should_stop, classes=d.classes, distill=teacher)
             metrics = {k: float(v) for k, v in res.metrics.items() if k not in ("epoch", "lr")}
             if d.task == "binary" and len(d.subject_val):  # the spread over the validation subjects
                 model.load_state_dict(res.state_dict)
@@ -113,7 +115,8 @@ class Objective:
         metrics.update(dep.metrics)
         save_checkpoint(ck_path, family=fam, hparams=hp, data=d, state_dict=res.state_dict, params=params,
                         trial=trial.number, study=st.name, metrics=res.metrics if folds is None else metrics,
-                        folds=folds, init=ws.record if ws is not None else None)
+                        folds=folds, init=ws.record if ws is not None else None,
+                        distill=teacher.record if teacher is not None else None)
         attributes.record_result(trial, res, metrics, epochs, str(ck_path.relative_to(self.artifacts / st.name)),
                                  time.perf_counter() - t0)
         if self.space.gate.enabled:  # on the CPU, where the gate exports ONNX
