@@ -82,7 +82,7 @@ def test_study_page_updates_live(browser, tmp_path):
         assert page.evaluate("window.__notReloaded") is True
         # a completed trial appears, and the history chart is drawn as SVG by plotly.js
         page.wait_for_function("document.querySelectorAll('#trials-body .st-COMPLETE').length > 0", timeout=60_000)
-        page.wait_for_selector("#plot-history.js-plotly-plot svg.main-svg .scatterlayer .trace", timeout=30_000)
+        page.wait_for_selector("#plot-history.js-plotly-plot svg.main-svg .scatterlayer .trace", timeout=60_000)
         assert page.locator(".js-plotly-plot svg").count() >= 3
         # charts follow the study: once 3 trials have completed, importances are computed (bars, or
         # the note that no parameter explains anything yet) instead of "needs at least 3 ..."
@@ -95,13 +95,13 @@ def test_study_page_updates_live(browser, tmp_path):
         clock = page.inner_text("#live")
         # one more poll (every 2 s, longer while two workers load both cores): the clock moves, the page
         # still says live, and the screenshot is current
-        page.wait_for_function("(c) => document.getElementById('live').textContent !== c", arg=clock, timeout=30_000)
+        page.wait_for_function("(c) => document.getElementById('live').textContent !== c", arg=clock, timeout=60_000)
         assert page.inner_text("#live").startswith("live")
         shot = tmp_path / "study-page.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 20_000
         page.click("#trials-body a >> nth=0")
-        page.wait_for_selector("#plot-curves.js-plotly-plot svg.main-svg", timeout=30_000)
+        page.wait_for_selector("#plot-curves.js-plotly-plot svg.main-svg", timeout=60_000)
         page.screenshot(path=str(tmp_path / "trial-page.png"), full_page=True)
         keep = os.environ.get("ATML_SCREENSHOTS")
         if keep:
