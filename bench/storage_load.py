@@ -19,15 +19,18 @@ measured / ideal, with no errors and no lost trial (budget - completed). Several
 ``--trial-seconds`` values sweep the load, to find where a back-end stops keeping up.
 
 ``--mode trial``: one `atml worker` (in this process) runs ``--trials`` real 10-epoch
-trials of an afib.yaml-like space on real IESD segments (``--data``, default
-../shared/data/iesd2024/txt_sample) and the thread CPU time spent inside every storage
-call (Optuna's heartbeat thread included) is summed: storage client CPU per trial, with
-the calls that cost most.
+trials of search_spaces/afib.yaml (its median pruner asked every epoch, but never given
+enough trials to prune) on real IESD segments (``--data``, default
+../shared/data/iesd2024/txt_sample), and the thread CPU time spent inside every storage
+call (Optuna's heartbeat thread included) is summed: storage client CPU per trial, per
+call (``get_all_trials`` per state filter: the pruner, the sampler, the budget checks).
 
     python bench/storage_load.py [--workers 8] [--trials 400] [--heartbeat 1]
-    python bench/storage_load.py --mode io --workers 32 --trial-seconds 2 1 0.5
-    python bench/storage_load.py --mode trial --trials 6 --backends postgresql
+    python bench/storage_load.py --mode io --workers 32 --trial-seconds 8 4 2 1
+    python bench/storage_load.py --mode trial --trials 8 --backends postgresql
         [--pg postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--backends postgresql sqlite]
+
+``PYTHONPATH=<an older checkout>`` measures that checkout's storage code with this bench.
 
 For PostgreSQL a throw-away database is created next to the one named in --pg (on
 the same server) and dropped afterwards. Errors are exceptions that escaped a worker's
@@ -213,7 +216,11 @@ def run(url: str, workers: int, total: int, heartbeat: int, sleep: float, epochs
                                str(epochs)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(workers)]
     for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":  # e.g. the server's max_connections reached
+            for q in procs:
+                q.kill()
+            raise SystemExit(f"a worker process failed to start (exit code {p.wait()}); see its error above")
     reports = []
     with _ServerCpu(admin, db) as server:
         server.reset()  # the warm-up trials are not counted
@@ -260,13 +267,17 @@ class StorageCpu:
         def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
             if getattr(self._local, "inside", False):
                 return fn(*args, **kwargs)
+            key = name
+            if name == "get_all_trials":  # by filter: the pruner, the sampler and the budget checks differ
+                states = kwargs.get("states", args[3] if len(args) > 3 else None)
+                key = f"{name}({','.join(s.name for s in states) if states is not None else 'all'})"
             self._local.inside = True
             t0 = time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - t0
-                self.calls[name] = self.calls.get(name, 0) + 1
+                self.cpu[key] = self.cpu.get(key, 0.0) + time.thread_time() - t0
+                self.calls[key] = self.calls.get(key, 0) + 1
                 self._local.inside = False
 
         return timed
@@ -319,7 +330,7 @@ def real_trials(url: str, data: str, trials: int, epochs: int, tmp: Path) -> dic
         ran = run_worker(WorkerOptions(storage=url, study=name, artifacts=str(art)))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
     total = sum(meter.cpu.values())
-    top = sorted(meter.cpu, key=meter.cpu.__getitem__, reverse=True)[:10]
+    top = sorted(meter.cpu, key=meter.cpu.__getitem__, reverse=True)
     return {
         "trials": ran, "wall_s": wall, "process_cpu_ms": 1000 * cpu / max(1, ran),
         "storage_cpu_ms": 1000 * total / max(1, ran), "storage_calls": sum(meter.calls.values()) / max(1, ran),
@@ -354,7 +365,7 @@ def backend_url(backend: str, pg: str) -> Iterator[tuple[str, str | None, str | 
 def print_load(args: argparse.Namespace, rows: list[dict]) -> None:
     io = args.mode == "io"
     print(f"{args.workers} workers, heartbeat {args.heartbeat} s, {os.cpu_count()} CPUs; "
-          + (f"{args.epochs} epochs per trial" if io else f"budget {rows[0]['trials']} trials, objective "
+          + (f"{args.epochs} epochs per trial" if io else f"budget {rows[0]['budget']} trials, objective "
                                                           f"{args.sleep * 1000:.0f} ms"))
     print(f"{'backend':10s} " + (f"{'trial s':>7s} {'budget':>6s} {'ideal/s':>7s} " if io else "")
           + f"{'complete':>8s} {'wall s':>7s} {'trials/s':>9s} " + (f"{'x ideal':>7s} " if io else "")
@@ -408,7 +419,7 @@ def main() -> None:
                   f"client CPU {r['storage_cpu_ms']:.1f} ms/trial in {r['storage_calls']:.0f} calls "
                   f"(process CPU {r['process_cpu_ms']:.0f} ms/trial)")
             for name, ms, calls in r["top"]:
-                print(f"    {name:34s} {ms:7.1f} ms/trial {calls:6.1f} calls/trial")
+                print(f"    {name:48s} {ms:7.1f} ms/trial {calls:6.1f} calls/trial")
         return
 
     for backend in args.backends:

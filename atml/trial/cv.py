@@ -102,7 +102,7 @@ def _fold_reporter(trial: optuna.Trial, st: Any, fold: int,
     """Per epoch inside a fold: keep the history and honour a study stop (no pruning: folds are the steps)."""
     def report(epoch: int, value: float, m: dict[str, Any]) -> None:
         history.append({"fold": fold, **{k: float(m[k]) for k in ("train_loss", "val_loss", st.metric) if k in m}})
-        stopped = records.stop_reason(trial.study.user_attrs)
+        stopped = records.read_stop_reason(trial.study)
         if stopped:
             attributes.record_history(trial, history)
             records.set_reason(trial, f"study stopped ({stopped})")
