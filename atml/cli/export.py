@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from atml.cli.common import Command, add_storage_arg, env
+from atml.cli.common import Command, add_device_arg, add_storage_arg, env
 
 __all__ = ["EVALUATE", "EXPORT"]
 
@@ -40,6 +40,7 @@ def _export_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--no-preprocessing", action="store_true",
                    help="ship the network alone, fed preprocessed input (default: a graph that takes the "
                         "recording as the source has it and does the trial's preprocessing inside)")
+    add_device_arg(e, "train --refit/--ensemble members (export and int8 run on the CPU)")
     e.add_argument("--json", action="store_true", help="print the sidecar(s) as one JSON object")
     e.add_argument("-v", "--verbose", action="store_true")
     e.set_defaults(quiet=True)  # warnings only, so an error stays the one line on stderr
@@ -105,9 +106,12 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.trial is not None and args.trial < 0:
         raise ExportError(f"--trial must be >= 0 (got {args.trial})")
+    from atml.device import resolve_device
+
+    device = resolve_device(args.device)  # a missing device: one line, exit 2, before anything is read
     res = export_trial(args.storage, args.study, args.out, trial=args.trial, int8=args.int8,
                        artifacts=args.artifacts, data_path=args.data, refit=args.refit, ensemble=args.ensemble,
-                       from_folds=args.from_folds, preprocessing=not args.no_preprocessing)
+                       from_folds=args.from_folds, preprocessing=not args.no_preprocessing, device=device)
     s = res.sidecar
     if args.json:
         print(json.dumps({"model": str(res.path), "sidecar": s, "int8_model": str(res.int8_path or "") or None,

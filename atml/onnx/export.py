@@ -323,13 +323,14 @@ def _raw(final: FinalFit, tr: _Trial, ref: TrialRef, blob: bytes, parity_segment
 def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None = None, int8: bool = False,
                  artifacts: str | Path | None = None, data_path: str | None = None, refit: bool = False,
                  ensemble: int = 1, parity_segments: int = 256, calibration_segments: int = 256,
-                 from_folds: bool = False, preprocessing: bool = True) -> ExportResult:
+                 from_folds: bool = False, preprocessing: bool = True, device: str = "cpu") -> ExportResult:
     """Export a trial's checkpoint (default: the best trial) to a verified ONNX file.
 
     ``refit`` retrains the trial's configuration on training + validation subjects and
     ``ensemble`` > 1 exports K seeds' members averaged as one model (:mod:`atml.onnx.refit`).
     ``preprocessing`` (default) ships the raw graph: source items in, the trial's
     preprocessing inside, logits and probabilities out; False ships the network alone.
+    ``device`` is where ``refit``/``ensemble`` members train; export and int8 run on the CPU.
 
     Checks ``onnx.checker`` and parity (max |logit difference| < 1e-4) against torch on up
     to ``parity_segments`` validation segments of the study's own subject split; the raw
@@ -346,7 +347,7 @@ def export_trial(storage: str, study: str, out: str | Path, *, trial: int | None
     if from_folds and (refit or ensemble > 1):
         raise ExportError("--from-folds ships the trial's fold models as they are: not with --refit or --ensemble")
     final = final_model(tr.model, tr.ck, ref, tr.ds.x, tr.ds.y, tr.split.train, tr.split.val, refit=refit,
-                        members=ensemble, from_folds=from_folds)
+                        members=ensemble, from_folds=from_folds, device=device)
     _record_subjects(final, tr, ref)
     net_blob, session, diff, parity_n = _verified(final.model, tr, ref.number, parity_segments)
     m_float, p_float = onnx_metrics(session, tr.x_val, tr.y_val, tr.task, tuple(tr.ds.classes))

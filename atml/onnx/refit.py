@@ -79,12 +79,13 @@ def _member_seed(base: int, i: int) -> int:
 
 def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np.ndarray, y: np.ndarray,
                 train_idx: np.ndarray, val_idx: np.ndarray, *, refit: bool = False,
-                members: int = 1, from_folds: bool = False) -> FinalFit:
+                members: int = 1, from_folds: bool = False, device: str = "cpu") -> FinalFit:
     """The trial's checkpoint, or its configuration retrained (``refit``) and/or ensembled.
 
     ``x``/``y`` are the study's (cached) arrays, ``train_idx``/``val_idx`` its subject split;
     ``ref`` is the :class:`atml.onnx.export.TrialRef` (study settings, trial number and attributes);
-    ``members`` >= 1 (``export_trial`` checks it before loading anything).
+    ``members`` >= 1 (``export_trial`` checks it before loading anything). Retrained members
+    train on ``device`` (a resolved torch device) and come back on the CPU for the export.
     """
     if from_folds:
         return _fold_ensemble(ck, ref)
@@ -133,8 +134,8 @@ def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np
         model = build_model(ck["family"], in_channels=int(ck["in_channels"]), n_classes=int(ck["n_classes"]),
                             **ck["hparams"])
         cfg = TrainConfig.from_params(train_cfg, seed=seed, **extra)
-        res = fit(model, x_fit, y_fit, x_val, y_val, cfg, classes=tuple(ck.get("classes") or ()))
-        model.load_state_dict(res.state_dict)
+        res = fit(model, x_fit, y_fit, x_val, y_val, cfg, classes=tuple(ck.get("classes") or ()), device=device)
+        model.to("cpu").load_state_dict(res.state_dict)
         model.eval()
         log.info("member %d/%d (seed %d): %d epochs, kept epoch %d", i + 1, members, seed, res.epochs_run,
                  res.best_epoch)

@@ -72,6 +72,15 @@ def test_worker_on_a_missing_device_touches_no_storage(tmp_path, atml_cmd):
     assert list(tmp_path.iterdir()) == []
 
 
+@needs_no_cuda
+def test_export_refit_on_a_missing_device_writes_nothing(tmp_path, atml_cmd):
+    db = tmp_path / "atml.db"
+    r = _run([*atml_cmd, "export", "--storage", f"sqlite:///{db}", "--study", "s", "--out",
+              str(tmp_path / "m.onnx"), "--refit", "--device", "cuda"])
+    _one_error_line(r, "--device cuda: no CUDA device")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fp16_on_the_cpu_is_refused_before_the_study_exists(tmp_path, atml_cmd, write_space):
     space = small_space("half")
     space["train"]["precision"] = {"type": "categorical", "choices": ["fp32", "fp16"]}

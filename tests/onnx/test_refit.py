@@ -49,7 +49,7 @@ def test_without_refit_or_ensemble_the_checkpoint_is_exported(trial):
 def test_refit_trains_on_train_and_validation_for_the_best_epoch_count(trial):
     before = _weights(trial.model)
     a = _fit(trial, refit=True)
-    b = _fit(trial, refit=True)
+    b = _fit(trial, refit=True, device="cpu")  # an explicit device: the same seeded fit
     info = a.info
     assert info["mode"] == "refit" and info["members"] == 1 and info["subjects"] == "train+validation"
     assert info["epochs"] == trial.ref.user_attrs["best_epoch"] + 1 and info["combine"] is None
