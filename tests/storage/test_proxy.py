@@ -145,7 +145,7 @@ def test_a_worker_killed_behind_the_proxy_leaves_no_running_trial(pg_url: str, t
     name = f"proxy-hb-{uuid.uuid4().hex[:8]}"
     create_or_resume(load_space(str(_worker_space(tmp_path, name))), pg_url)
     direct = optuna.load_study(study_name=name, storage=open_storage(pg_url))
-    grace, port = 3, _free_port()
+    grace, port = 8, _free_port()  # heartbeats every 1 s: a loaded 2-core machine may delay a few
     proxy_log, worker_log = tmp_path / "proxy.log", tmp_path / "worker.log"
     with open(proxy_log, "wb") as fh:
         proxy = subprocess.Popen([sys.executable, "-m", "atml", "storage-proxy", "--storage", pg_url,
