@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+
 
 def small_space(name: str = "t", n_trials: int = 3, epochs: int = 2, **overrides: object) -> dict:
     """A tiny but complete search space: two families, a few searchable parameters."""
@@ -21,3 +24,14 @@ def small_space(name: str = "t", n_trials: int = 3, epochs: int = 2, **overrides
     for k, v in overrides.items():
         space[k] = v
     return space
+
+
+def stop_process(p: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM a process (a proxy, a worker) and wait; kill it if it does not end in ``timeout`` s."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

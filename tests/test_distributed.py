@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from _helpers import small_space
+from _helpers import small_space, stop_process
 from optuna.trial import TrialState
 
 from atml.errors import StorageError
@@ -414,12 +414,7 @@ def test_grpc_storage_proxy_in_front_of_postgres(pg_db, tmp_path):
         study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_int("n", 1, 3), n_trials=5)
         assert len(study.trials) == 5
     finally:
-        proxy.send_signal(signal.SIGTERM)
-        try:
-            proxy.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proxy.kill()
-            proxy.wait()
+        stop_process(proxy)
     # the trials are in PostgreSQL itself
     direct = optuna.load_study(study_name="via-proxy", storage=open_storage(pg_db))
     assert [t.state for t in direct.trials] == [TrialState.COMPLETE] * 5

@@ -7,7 +7,6 @@ process behind it on the PostgreSQL server (tests marked ``postgres``).
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 import yaml
-from _helpers import small_space
+from _helpers import small_space, stop_process
 from optuna.storages import InMemoryStorage
 from optuna.trial import TrialState
 
@@ -122,16 +121,6 @@ def _worker_space(tmp_path: Path, name: str) -> Path:
     return p
 
 
-def _stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_a_worker_killed_behind_the_proxy_leaves_no_running_trial(pg_url: str, tmp_path: Path):
@@ -196,5 +185,5 @@ def test_a_worker_killed_behind_the_proxy_leaves_no_running_trial(pg_url: str, t
         if worker is not None and worker.poll() is None:
             worker.kill()
             worker.wait()
-        _stop(proxy)
+        stop_process(proxy)
         optuna.delete_study(study_name=name, storage=open_storage(pg_url))
