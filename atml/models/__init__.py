@@ -25,6 +25,7 @@ from atml.models.inception1d import Inception1D, Inception1DHparams
 from atml.models.macs import count_macs
 from atml.models.resnet1d import ResNet1D, ResNet1DHparams
 from atml.models.sepnet import SepNet, SepNetHparams
+from atml.models.shapes import apply_shape_plan, shape_plan
 
 __all__ = [
     "AFNet",
@@ -38,7 +39,10 @@ __all__ = [
     "SPACE_HINTS",
     "SepNet",
     "SepNetHparams",
+    "apply_shape_plan",
     "build_model",
+    "model_from_checkpoint",
+    "shape_plan",
     "count_macs",
     "count_parameters",
     "family_names",
@@ -119,6 +123,17 @@ def build_model(family: str, *, in_channels: int, n_classes: int, **hparams: Any
             f"(allowed: {', '.join(allowed)})"
         )
     return fam.model(fam.hparams(in_channels=in_channels, n_classes=n_classes, **hparams))
+
+
+def model_from_checkpoint(ck: Mapping[str, Any], state_dict: Mapping[str, Any] | None = None) -> nn.Module:
+    """The model a trial checkpoint dict describes (family, data shape, hyperparameters, and the
+    layer shapes of a pruned model), with ``state_dict`` (default: the checkpoint's) loaded, in
+    eval mode. The one place a stored model is rebuilt."""
+    model = build_model(str(ck["family"]), in_channels=int(ck["in_channels"]), n_classes=int(ck["n_classes"]),
+                        **ck["hparams"])
+    apply_shape_plan(model, ck.get("shapes"))
+    model.load_state_dict(ck["state_dict"] if state_dict is None else state_dict)
+    return model.eval()
 
 
 def count_parameters(model: nn.Module) -> int:

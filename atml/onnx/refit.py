@@ -30,7 +30,7 @@ from torch import nn
 
 from atml.config import trial_seed
 from atml.errors import ExportError
-from atml.models import build_model
+from atml.models import build_model, model_from_checkpoint
 from atml.models.ensemble import MeanLogits
 from atml.train import TrainConfig, fit
 from atml.trial import attributes
@@ -62,10 +62,7 @@ def _fold_ensemble(ck: dict[str, Any], ref: Any) -> FinalFit:
                           "it has no fold models for --from-folds")
     models = []
     for f in folds:
-        m = build_model(ck["family"], in_channels=int(ck["in_channels"]), n_classes=int(ck["n_classes"]),
-                        **ck["hparams"])
-        m.load_state_dict(f["state_dict"])
-        models.append(m.eval())
+        models.append(model_from_checkpoint(ck, f["state_dict"]))
     model = models[0] if len(models) == 1 else MeanLogits(models).eval()
     info = {"mode": "folds", "members": len(models), "subjects": "train+validation",
             "combine": "mean of member logits", "note": "the trial's fold models, not retrained",

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from atml.models import build_model
+from atml.models import model_from_checkpoint
 from atml.trial.data import PreparedData
 
 __all__ = ["CHECKPOINT_FILE", "OOF_FILE", "checkpoint_dir", "atomic_save", "save_checkpoint", "load_checkpoint",
@@ -75,10 +75,7 @@ def save_checkpoint(path: Path, *, family: str, hparams: dict[str, Any], data: P
 def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a model from a trial checkpoint; returns (model in eval mode, checkpoint dict)."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(ck["family"], in_channels=ck["in_channels"], n_classes=ck["n_classes"], **ck["hparams"])
-    model.load_state_dict(ck["state_dict"])
-    model.eval()
-    return model, ck
+    return model_from_checkpoint(ck), ck
 
 
 def save_oof(folder: Path, oof: dict[str, Any]) -> Path:

@@ -26,7 +26,7 @@ from torch import nn
 from atml.config import TrialConfig
 from atml.config.distill_rules import WHERE, shape_text, teacher_meta
 from atml.errors import SpaceError
-from atml.models import build_model
+from atml.models import model_from_checkpoint
 from atml.trial.attributes import DISTILL
 from atml.trial.data import PreparedData
 
@@ -94,10 +94,7 @@ def load_teacher(path: str) -> Teacher:
         models = []
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the trial's RNG alone
             for sd in states:
-                m = build_model(ck["family"], in_channels=int(ck["in_channels"]), n_classes=int(ck["n_classes"]),
-                                **ck["hparams"])
-                m.load_state_dict(sd)
-                models.append(m.eval())
+                models.append(model_from_checkpoint(ck, sd))
         teacher = Teacher(path, meta, models=models)
     _TEACHERS[path] = teacher
     return teacher

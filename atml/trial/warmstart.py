@@ -71,6 +71,8 @@ def prepare(config: TrialConfig, data: PreparedData) -> WarmStarted | None:
     if int(ck["fs"]) != int(data.fs):
         raise SpaceError(f"model.init.from: the source was trained at {ck['fs']} Hz, the data is at {data.fs} Hz "
                          "(set data.target_fs to the source's rate)")
+    if ck.get("shapes"):
+        raise SpaceError(f"model.init.from: {path} is a pruned model (train.prune); warm-start from an unpruned one")
     classes, task = list(ck["classes"]), str(ck.get("task", "binary"))
     if init.get("head") == "keep" and (classes != list(data.classes) or task != data.task):
         raise SpaceError(f"model.init.head: keep needs the source's {task} classes {classes}, the data has "

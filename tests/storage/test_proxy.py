@@ -174,9 +174,14 @@ def test_a_worker_killed_behind_the_proxy_leaves_no_running_trial(pg_url: str, t
         assert state == TrialState.FAIL, f"still {state.name} 40 s after SIGKILL"
         print(f"\nkilled trial {victim.number}: FAIL {after:.1f} s after SIGKILL (grace {grace} s)")
         assert grace - 1.5 <= after < grace + 2 * sweep_interval(grace) + 5, after
-        trials = direct.get_trials(deepcopy=False)
+        # The sweep turns the trial FAIL first and queues its retry after: wait for the retry.
+        retry, until = [], time.time() + 20
+        while not retry and time.time() < until:
+            trials = direct.get_trials(deepcopy=False)
+            retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+            if not retry:
+                time.sleep(0.2)
         assert not any(t.state == TrialState.RUNNING for t in trials)
-        retry = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
         assert len(retry) == 1 and retry[0].state == TrialState.WAITING and retry[0].params == victim.params
         assert HEARTBEAT_RELAY not in direct_storage.get_trial(trial_id(victim)).system_attrs
         time.sleep(0.5)
