@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -30,6 +31,7 @@ from torch import nn
 from atml.config import TrainConfig  # re-exported: atml.train.TrainConfig keeps working
 from atml.device import check_precision
 from atml.metrics import task_metrics
+from atml.models.prototype import PrototypeClassifier, draw_partners, pair_loss
 from atml.models.transfer import keep_frozen_eval, param_groups
 
 __all__ = ["TrainConfig", "TrainResult", "Interrupted", "fit", "predict_proba", "evaluate"]
@@ -50,10 +52,16 @@ class TrainResult:
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
     stopped_early: bool = False
     epoch_seconds: float = 0.0
+    # train.prune: the layer shapes that changed (atml.models.shapes); None: not pruned
+    shapes: dict[str, dict[str, int]] | None = None
+    # train.qat: the weights before quantisation-aware fine-tuning (what post-training int8 would quantise)
+    float_state: dict[str, torch.Tensor] | None = None
+    compression: list[dict[str, Any]] = field(default_factory=list)  # what each phase after training did
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("state_dict")
+        d.pop("float_state")
         return d
 
 
@@ -226,6 +234,27 @@ def _ema_step(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tenso
     return step
 
 
+def _pairing(model: nn.Module, cfg: TrainConfig, y_train: torch.Tensor,
+             subjects: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Comparator mode (``cfg.mode``): the CPU labels and subject codes pairs are drawn from
+    (None: supervised). Subjects constrain the pairs only when there are several."""
+    if cfg.mode != "comparator":
+        return None
+    if not isinstance(model, PrototypeClassifier):
+        raise ValueError(f"train.mode comparator trains a PrototypeClassifier, got {type(model).__name__}")
+    codes = None
+    if subjects is not None and len(subjects) == len(y_train) and len(np.unique(subjects)) > 1:
+        codes = torch.from_numpy(np.unique(np.asarray(subjects), return_inverse=True)[1].astype(np.int64))
+    return y_train.cpu(), codes
+
+
+def _pair_step(model: PrototypeClassifier, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """The pair loss of a batch whose second half are the first half's partners."""
+    half = len(xb) // 2
+    emb = model.embed(xb)
+    return pair_loss(emb[:half], emb[half:], yb[:half] == yb[half:])
+
+
 def fit(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -238,9 +267,15 @@ def fit(
     classes: tuple[str, ...] = (),
     device: str | torch.device | None = None,
     distill: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    subjects: np.ndarray | None = None,
 ) -> TrainResult:
     """Train ``model`` and return the best epoch's metrics and weights (``cfg.keep="last"``:
     the last epoch's, for a fixed-length refit whose validation data may be in training).
+
+    Then, as the configuration asks: ``train.prune`` removes channels from ``model`` (in
+    place: the caller's model has the pruned architecture afterwards) and fine-tunes it, and
+    ``train.qat`` fine-tunes it under fake int8 quantisation (:func:`_compress`). The result's
+    metrics and weights are then the compressed model's, ``shapes`` its layer shapes.
 
     ``report(epoch, objective, metrics)`` is called after each epoch and may raise (e.g.
     ``optuna.TrialPruned``) to stop; ``should_stop()`` is polled every batch and makes
@@ -252,6 +287,104 @@ def fit(
     ``distill(logits, loss, batch, indices)`` turns each batch's loss into the one minimised
     (knowledge distillation, :mod:`atml.trial.distill`); ``indices`` are the batch's rows of ``x_train``.
     """
+    res = _loop(model, x_train, y_train, x_val, y_val, cfg, report, should_stop, classes, device, distill,
+                subjects=subjects)
+    prune = cfg.prune or {}
+    if not (float(prune.get("amount", 0)) > 0 or cfg.qat > 0):
+        return res
+    return _compress(model, res, (x_train, y_train, x_val, y_val), cfg, report, should_stop, classes, device,
+                     distill)
+
+
+# Fine-tuning after training starts from the trained weights: a smaller step than training's.
+PRUNE_LR_SCALE = 0.3  # after channels were removed: the network has to recover
+QAT_LR_SCALE = 0.1  # under fake quantisation: the weights only settle on the int8 grid
+
+
+def _compress(model: nn.Module, res: TrainResult, data: tuple[torch.Tensor, ...], cfg: TrainConfig,
+              report: Callable[[int, float, dict[str, float]], None] | None, should_stop: Callable[[], bool] | None,
+              classes: tuple[str, ...], device: str | torch.device | None,
+              distill: Callable[..., torch.Tensor] | None) -> TrainResult:
+    """The phases after training: prune and fine-tune (``train.prune``: ``steps`` rounds,
+    ``epochs`` fine-tuning epochs in all), then quantisation-aware fine-tuning (``train.qat``
+    epochs). Each phase starts from the previous one's kept weights and keeps its own best
+    (or last, ``keep: last``) epoch; epochs are numbered on from training's, for ``report``."""
+    from atml.models.fakequant import attach
+    from atml.models.prune import prune_channels, schedule
+    from atml.models.shapes import shape_plan
+
+    phases, done = [res], []
+    model.load_state_dict(res.state_dict)
+    n_leads, n_samples = int(data[0].shape[1]), int(data[0].shape[2])
+
+    def run(tuned: TrainConfig, **kw: Any) -> TrainResult:
+        offset = sum(p.epochs_run for p in phases)
+        rep = None if report is None else (lambda e, o, m: report(offset + e, o, {**m, "epoch": offset + e}))
+        r = _loop(model, *data, tuned, rep, should_stop, classes, device, distill, **kw)
+        phases.append(r)
+        return r
+
+    def tune(epochs: int, scale: float) -> TrainConfig:
+        return dataclasses.replace(cfg, epochs=epochs, lr=cfg.lr * scale, patience=epochs + 1, min_epochs=epochs,
+                                   ema=0.0, prune=None, qat=0)
+
+    prune, shapes, float_state = cfg.prune or {}, None, None
+    amount = float(prune.get("amount", 0))
+    if amount > 0:
+        reference = copy.deepcopy(model)
+        steps, epochs = int(prune.get("steps", 1)), int(prune.get("epochs", 1))
+        params_before = sum(p.numel() for p in model.parameters())
+        for i, ratio in enumerate(schedule(amount, steps)):
+            prune_channels(model, ratio, n_leads, n_samples)
+            per = epochs // steps + (1 if i < epochs % steps else 0)
+            model.load_state_dict(run(tune(max(1, per), PRUNE_LR_SCALE)).state_dict)
+        shapes = shape_plan(model, reference)
+        done.append({"phase": "prune", "amount": amount, "steps": steps, "epochs": epochs,
+                     "params_before": params_before, "params_after": sum(p.numel() for p in model.parameters())})
+    if cfg.qat > 0:
+        float_state = _cpu_state(model)
+        fq = attach(model)
+        try:
+            last = run(tune(cfg.qat, QAT_LR_SCALE), state_of=lambda _m: fq.state_dict())
+        finally:
+            fq.remove()
+        model.load_state_dict(last.state_dict)
+        done.append({"phase": "qat", "epochs": cfg.qat, "weights": "int8 per channel (symmetric)",
+                     "activations": "uint8 per tensor"})
+    final = phases[-1]
+    history, offset = [], 0
+    for p in phases:
+        history.extend({**h, "epoch": offset + int(h.get("epoch", i))} for i, h in enumerate(p.history))
+        offset += p.epochs_run
+    return TrainResult(
+        best_epoch=offset - final.epochs_run + final.best_epoch, epochs_run=offset,
+        metrics={**final.metrics, "epoch": offset - final.epochs_run + final.best_epoch}, history=history,
+        state_dict=final.state_dict, stopped_early=res.stopped_early,
+        epoch_seconds=sum(p.epoch_seconds for p in phases), shapes=shapes, float_state=float_state,
+        compression=done,
+    )
+
+
+def _loop(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    cfg: TrainConfig,
+    report: Callable[[int, float, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    classes: tuple[str, ...] = (),
+    device: str | torch.device | None = None,
+    distill: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    state_of: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None,
+    subjects: np.ndarray | None = None,
+) -> TrainResult:
+    """One training run of :func:`fit` (training, or one fine-tuning phase after it);
+    ``state_of`` takes the kept weights (default: a CPU copy of the state dict).
+
+    """
+    state_of = state_of or _cpu_state
     dev = torch.device(device) if device is not None else x_train.device
     check_precision((cfg.precision,), str(dev))
     if dev.type == "cuda":
@@ -287,6 +420,7 @@ def fit(
     since_loss_improved = 0
     stopped_early = False
     n = len(x_train)
+    pairs = _pairing(model, cfg, y_train, subjects)  # comparator: what partners are drawn from
     t_epochs = 0.0
     epoch = 0
     for epoch in range(cfg.epochs):
@@ -302,11 +436,18 @@ def fit(
             if len(idx) < 2 and seen:  # a batch of one breaks BatchNorm in train mode
                 continue
             xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)
+            if pairs is not None:  # each segment and its partner, augmented alike
+                partner = draw_partners(pairs[0], idx, gen, pairs[1]).to(dev)
+                xb = torch.cat([xb, x_train.index_select(0, partner)])
+                yb = torch.cat([yb, y_train.index_select(0, partner)])
             xb = augment(stretch(xb, cfg.stretch, gen), cfg.augment, gen, noise_gen)
             opt.zero_grad(set_to_none=True)
             with _autocast(dev, cfg.precision):
-                out = model(xb)
-                loss = loss_fn(out, yb) if distill is None else distill(out, loss_fn(out, yb), xb, idx)
+                if pairs is not None:
+                    loss = _pair_step(model, xb, yb)  # type: ignore[arg-type]
+                else:
+                    out = model(xb)
+                    loss = loss_fn(out, yb) if distill is None else distill(out, loss_fn(out, yb), xb, idx)
             if scaler is None:
                 loss.backward()
                 opt.step()
@@ -319,6 +460,8 @@ def fit(
             total += loss.detach().to(acc_dtype) * len(idx)
             seen += len(idx)
         train_loss = float(total) / max(seen, 1)
+        if pairs is not None:  # the prototypes of this epoch's encoder, before it is scored
+            scored.set_prototypes(x_train, y_train)  # type: ignore[operator]
         m = evaluate(scored, x_val, y_val, eval_loss, task=cfg.task, classes=classes, precision=cfg.precision)
         t_epochs += time.perf_counter() - t0
         m["train_loss"] = train_loss
@@ -331,7 +474,7 @@ def fit(
         if best_epoch < 0 or _better(obj, best_obj, cfg.direction) or (
                 cfg.keep == "last" and epoch == cfg.epochs - 1):
             best_obj, best_epoch, best_metrics = obj, epoch, dict(m)
-            best_state = _cpu_state(scored)
+            best_state = state_of(scored)
         sched.step(m["val_loss"])
         if m["val_loss"] < best_loss - 1e-6:
             best_loss, since_loss_improved = m["val_loss"], 0
@@ -341,7 +484,8 @@ def fit(
                   m["val_loss"], cfg.metric, obj)
         if report is not None:
             report(epoch, obj, m)
-        overfitting = m["val_loss"] - train_loss > cfg.gap
+        # A pair loss is not on the validation loss's scale: comparator mode stops on patience alone.
+        overfitting = m["val_loss"] - train_loss > cfg.gap or pairs is not None
         if epoch + 1 >= cfg.min_epochs and since_loss_improved >= cfg.patience and overfitting:
             stopped_early = True
             break

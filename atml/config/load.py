@@ -12,6 +12,7 @@ from atml.config.distill_rules import distill_section
 from atml.config.gate_rules import gate_settings
 from atml.config.init_rules import init_section
 from atml.config.model_rules import model_section
+from atml.config.mode_rules import mode_rules
 from atml.config.schema import SearchSpace
 from atml.config.study_rules import budget, study_settings
 from atml.config.train_rules import train_section
@@ -61,6 +62,7 @@ def space_from_dict(
     init, data = init_section(v, raw["model"], data, data_params, families, model_fixed, model_params, base_dir,
                               check_paths, check_build)
     distill = distill_section(v, raw.get("train") or {}, data, data_params, base_dir, check_paths, check_build)
+    mode_rules(v, train_fixed, train_params, data, distill)
     gate = gate_settings(v, raw.get("gate") or {})
     validation = validation_settings(v, raw.get("validation") or {})
     stored = dict(raw)

@@ -241,7 +241,11 @@ class SearchSpace:
         data = {p.key: p.suggest(trial) for p in self.data_params}
         train = dict(self.train_fixed)
         for p in self.train_params:
-            train[p.key] = p.suggest(trial)
+            section, _, sub = p.key.partition(".")  # train.prune.amount -> train["prune"]["amount"]
+            if sub:
+                train[section] = {**(train.get(section) or {}), sub: p.suggest(trial)}
+            else:
+                train[p.key] = p.suggest(trial)
         if self.distill is not None:
             train["distill"] = self.distill.suggest(trial)
         names = list(self.families)

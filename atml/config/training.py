@@ -34,12 +34,18 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); the average is scored and kept
     # fp32, or mixed precision under torch.autocast: bf16 (any device), fp16 (CUDA only, with a GradScaler)
     precision: str = "fp32"
+    # supervised: cross-entropy on the labels; comparator: an encoder trained on pairs, classes from
+    # prototypes (atml.models.prototype)
+    mode: str = "supervised"
     keep: str = "best"  # best: the best validation epoch's weights; last: the final epoch's (fixed-length refits)
     seed: int = 0
     metric: str = "f1"
     direction: str = "maximize"
     task: str = "binary"  # binary | multiclass (softmax, cross-entropy) | multilabel (sigmoid, BCE)
     lr_scale: float = 1.0  # learning-rate multiplier of every non-head parameter (model.init.lr_scale)
+    qat: int = 0  # epochs of quantisation-aware fine-tuning after training (0: off; atml.models.fakequant)
+    # train.prune of the trial: {"amount": share of channels removed, "epochs": fine-tuning, "steps": rounds}; None: off
+    prune: dict[str, Any] | None = None
     # train.distill of the trial: {"teacher": resolved path, "source", "alpha", "temperature"}; None: off
     distill: dict[str, Any] | None = None
 
@@ -56,6 +62,7 @@ TRAIN_KEYS: tuple[str, ...] = (
     "epochs", "batch_size", "lr", "weight_decay", "optimizer", "momentum", "class_weighted",
     "label_smoothing", "patience", "gap", "lr_factor", "lr_patience", "min_epochs", "augment",
     "ema", "stretch", "precision",
+    "mode", "qat",
 )
 
 _HINTS = get_type_hints(TrainConfig)

@@ -34,17 +34,16 @@ class TrialConfig:
         model: dict[str, Any] = {"family": self.family, "hparams": copy.deepcopy(self.hparams)}
         if self.init:
             model["init"] = copy.deepcopy(self.init)
-        return {
-            "data": copy.deepcopy(self.data),
-            "train": {k: getattr(self.train, k) for k in TRAIN_KEYS},
-            "model": model,
-        }
+        train = {k: getattr(self.train, k) for k in TRAIN_KEYS}
+        if self.train.prune:  # train.prune: {amount, epochs, steps}
+            train["prune"] = dict(self.train.prune)
+        return {"data": copy.deepcopy(self.data), "train": train, "model": model}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialConfig:
         """Read back :meth:`as_dict` (e.g. a checkpoint's ``params``); missing train keys take defaults."""
         train = d.get("train") or {}
-        unknown = sorted(set(train) - set(TRAIN_KEYS))
+        unknown = sorted(set(train) - {*TRAIN_KEYS, "prune"})
         if unknown:
             raise SpaceError(f"trial configuration 'train': unknown settings {', '.join(unknown)}")
         model = d.get("model") or {}

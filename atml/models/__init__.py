@@ -23,6 +23,7 @@ from atml.models.afnet import AFNet, AFNetHparams
 from atml.models.hparams import Hparams
 from atml.models.inception1d import Inception1D, Inception1DHparams
 from atml.models.macs import count_macs
+from atml.models.prototype import PrototypeClassifier
 from atml.models.resnet1d import ResNet1D, ResNet1DHparams
 from atml.models.sepnet import SepNet, SepNetHparams
 from atml.models.shapes import apply_shape_plan, shape_plan
@@ -34,6 +35,7 @@ __all__ = [
     "Hparams",
     "Inception1D",
     "Inception1DHparams",
+    "PrototypeClassifier",
     "ResNet1D",
     "ResNet1DHparams",
     "SPACE_HINTS",
@@ -131,6 +133,8 @@ def model_from_checkpoint(ck: Mapping[str, Any], state_dict: Mapping[str, Any] |
     eval mode. The one place a stored model is rebuilt."""
     model = build_model(str(ck["family"]), in_channels=int(ck["in_channels"]), n_classes=int(ck["n_classes"]),
                         **ck["hparams"])
+    if ck.get("head") == "prototype":  # a comparator trial (train.mode): the family model is the encoder
+        model = PrototypeClassifier(model, int(ck["n_classes"]))
     apply_shape_plan(model, ck.get("shapes"))
     model.load_state_dict(ck["state_dict"] if state_dict is None else state_dict)
     return model.eval()

@@ -275,8 +275,17 @@ def _facts(ref: TrialRef, tr: _Trial, final: FinalFit, diff: float, parity_n: in
         test_segments=len(split.test), test_subjects=tuple(split.test_subjects), fit=final.info,
         held_out=final.validation_held_out, parity_diff=diff, parity_segments=parity_n,
         parity_tolerance=PARITY_TOLERANCE, metrics_float=m_float, metrics_int8=m_int8, fs_net=int(tr.ds.fs),
-        lead_names=tuple(tr.ds.leads), network_bytes=network_bytes, raw=raw,
+        lead_names=tuple(tr.ds.leads), network_bytes=network_bytes, raw=raw, compression=_compression(ck),
     )
+
+
+def _compression(ck: dict[str, Any]) -> dict[str, Any] | None:
+    """What the trial did after training (``train.prune``, ``train.qat``), for the sidecar."""
+    train = (ck.get("params") or {}).get("train") or {}
+    prune, qat = train.get("prune"), int(train.get("qat") or 0)
+    if not (prune and float(prune.get("amount", 0)) > 0) and not qat:
+        return None
+    return {"prune": prune or None, "qat_epochs": qat, "layers_resized": len(ck.get("shapes") or {})}
 
 
 def _record_subjects(final: FinalFit, tr: _Trial, ref: TrialRef) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from atml.config import trial_seed
 from atml.errors import ExportError
-from atml.models import build_model, model_from_checkpoint
+from atml.models import PrototypeClassifier, build_model, model_from_checkpoint
 from atml.models.ensemble import MeanLogits
 from atml.train import TrainConfig, fit
 from atml.trial import attributes
@@ -130,6 +130,8 @@ def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np
         torch.manual_seed(seed)
         model = build_model(ck["family"], in_channels=int(ck["in_channels"]), n_classes=int(ck["n_classes"]),
                             **ck["hparams"])
+        if ck.get("head") == "prototype":  # comparator (train.mode): pairs drawn with no subject constraint
+            model = PrototypeClassifier(model, int(ck["n_classes"]))
         cfg = TrainConfig.from_params(train_cfg, seed=seed, **extra)
         res = fit(model, x_fit, y_fit, x_val, y_val, cfg, classes=tuple(ck.get("classes") or ()), device=device)
         model.to("cpu").load_state_dict(res.state_dict)

@@ -120,6 +120,8 @@ class ExportFacts:
     # The raw graph (None: the file takes the network's input): leads, samples, fs, lead_names
     # of its input, its preprocessing steps, its parity entry and the training_match entry.
     raw: dict[str, Any] | None = None
+    # train.prune / train.qat of the trial: {"prune": {amount, epochs, steps} | None, "qat_epochs"}; None: neither
+    compression: dict[str, Any] | None = None
 
     def network(self) -> dict[str, Any]:
         """The network's input: shape, leads, samples, rate and lead names, and its graph's size."""
@@ -181,6 +183,7 @@ class ExportFacts:
             "family": self.family,
             "hparams": self.hparams,
             "n_params": self.n_params,
+            "compression": self.compression,
             "opset": OPSET,
             "atml_version": __version__,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -14,7 +14,7 @@ from atml.train import TrainResult
 __all__ = [
     "N_PARAMS", "ONNX_KB", "MACS", "INT8_KB", "LATENCY_MS", "DEPLOYED", "AVOIDED_BY", "METRICS", "BEST_EPOCH", "EPOCHS_RUN", "STOPPED_EARLY", "HISTORY",
     "CHECKPOINT", "EPOCH_SECONDS", "TRIAL_SECONDS", "GATE", "GATE_RESULT", "GATE_FOLDER",
-    "SUBJECTS", "FOLDS", "INIT", "DISTILL", "record_history", "record_result", "record_subjects", "history",
+    "SUBJECTS", "FOLDS", "INIT", "DISTILL", "COMPRESSION", "record_history", "record_result", "record_subjects", "history",
 ]
 
 N_PARAMS = "n_params"  # trainable parameters of the built model
@@ -33,6 +33,7 @@ STOPPED_EARLY = "stopped_early"
 HISTORY = "history"  # per epoch: train_loss, val_loss and the study metric (the multi-objective median rule reads it)
 CHECKPOINT = "checkpoint"  # path of model.pt relative to <artifacts>/<study>
 DISTILL = "distill"  # train.distill: teacher, alpha, temperature, how its soft targets were computed
+COMPRESSION = "compression"  # train.prune / train.qat: what each phase after training did (channels, epochs)
 INIT = "init"  # what a warm start did: source, tensors copied/new, head, lead mapping, rate, frozen blocks
 EPOCH_SECONDS = "epoch_seconds"
 TRIAL_SECONDS = "trial_seconds"

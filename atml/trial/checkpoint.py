@@ -47,11 +47,13 @@ def atomic_save(obj: Any, path: Path) -> None:
 def save_checkpoint(path: Path, *, family: str, hparams: dict[str, Any], data: PreparedData,
                     state_dict: dict[str, torch.Tensor], params: dict[str, Any], trial: int, study: str,
                     metrics: dict[str, float], folds: list[dict[str, Any]] | None = None,
-                    init: dict[str, Any] | None = None, distill: dict[str, Any] | None = None) -> Path:
+                    init: dict[str, Any] | None = None, distill: dict[str, Any] | None = None,
+                    head: str | None = None, shapes: dict[str, dict[str, int]] | None = None) -> Path:
     """Write the checkpoint of one trained trial to ``path``; returns ``path``.
 
     ``init`` is what a warm start did (:func:`atml.trial.warmstart.WarmStarted.record`),
-    ``distill`` the teacher that taught it (:attr:`atml.trial.distill.Distiller.record`).
+    ``distill`` the teacher that taught it (:attr:`atml.trial.distill.Distiller.record`),
+    ``head`` ``"prototype"`` for a comparator trial (:mod:`atml.models.prototype`).
 
     A cross-validated trial also keeps its fold models: ``folds`` is one
     ``{"state_dict", "held_subjects"}`` per fold, and ``state_dict`` is the first fold's.
@@ -66,6 +68,10 @@ def save_checkpoint(path: Path, *, family: str, hparams: dict[str, Any], data: P
         ck["init"] = init
     if distill is not None:
         ck["distill"] = distill
+    if head is not None:
+        ck["head"] = head
+    if shapes:  # train.prune: the layer shapes that differ from a freshly built model's
+        ck["shapes"] = shapes
     if folds is not None:
         ck["folds"] = folds
     atomic_save(ck, path)

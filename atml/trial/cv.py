@@ -63,6 +63,9 @@ class CVResult:
     folds: list[FoldOutcome]
     subjects: dict[str, dict[str, Any]]  # per subject, from the first repeat's predictions
     state_dicts: list[dict[str, torch.Tensor]]  # one model per fold, in fold order
+    shapes: dict[str, dict[str, int]] | None = None  # train.prune: the fold models' layer shapes (all alike)
+    float_states: list[dict[str, torch.Tensor]] | None = None  # train.qat: each fold's weights before QAT
+    compression: list[dict[str, Any]] = field(default_factory=list)  # fold 0's phases after training
     oof: dict[str, np.ndarray] = field(default_factory=dict)  # subject, y, p (per repeat), fold
 
     @property
@@ -135,6 +138,9 @@ def cross_validate(trial: optuna.Trial, space: SearchSpace, d: PreparedData, cfg
     fold_of = np.full(len(y), -1, dtype=np.int64)
     outcomes: list[FoldOutcome] = []
     states: list[dict[str, torch.Tensor]] = []
+    float_states: list[dict[str, torch.Tensor] | None] = []
+    shapes: dict[str, dict[str, int]] | None = None
+    compression: list[dict[str, Any]] = []
     for fold in folds:
         t0 = time.perf_counter()
         seed = cfg.seed if fold.index == 0 else trial_seed(cfg.seed, fold.index)
@@ -150,7 +156,7 @@ def cross_validate(trial: optuna.Trial, space: SearchSpace, d: PreparedData, cfg
         tr_i, in_i = rows(tr), rows(inner)
         res: TrainResult = fit(model, x[tr_i], y_t[tr_i], x[in_i], y_t[in_i], fcfg,
                                report=_fold_reporter(trial, st, fold.index, history),
-                               should_stop=should_stop, classes=d.classes, distill=distill)
+                               should_stop=should_stop, classes=d.classes, distill=distill, subjects=subject[tr])
         model.load_state_dict(res.state_dict)
         p, _ = predict_proba(model, x[rows(fold.held)], task=d.task, precision=fcfg.precision)
         proba[fold.repeat, fold.held] = p
@@ -163,6 +169,8 @@ def cross_validate(trial: optuna.Trial, space: SearchSpace, d: PreparedData, cfg
             metrics=held_m, best_epoch=res.best_epoch, epochs_run=res.epochs_run,
             seconds=time.perf_counter() - t0))
         states.append(res.state_dict)
+        float_states.append(res.float_state)
+        shapes, compression = shapes or res.shapes, compression or res.compression
         # The pooled figure so far: every segment held out until now (this repeat's and the earlier ones').
         seen = ~np.isnan(proba[..., 0])
         so_far = [pooled_metrics(d.task, d.classes, subject[s], y[s], proba[r][s], v.confidence)[0]
@@ -186,4 +194,6 @@ def cross_validate(trial: optuna.Trial, space: SearchSpace, d: PreparedData, cfg
     metrics[f"{st.metric}_fold_std"] = float(np.nanstd(fold_values))
     oof = {"subject": subject, "y": y, "fold": fold_of,
            "p": proba[..., 1] if d.task == "binary" else proba}
-    return CVResult(metrics=metrics, folds=outcomes, subjects=per_repeat[0][1], state_dicts=states, oof=oof)
+    return CVResult(metrics=metrics, folds=outcomes, subjects=per_repeat[0][1], state_dicts=states, oof=oof,
+                    shapes=shapes, compression=compression,
+                    float_states=float_states if all(s is not None for s in float_states) else None)

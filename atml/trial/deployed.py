@@ -144,7 +144,8 @@ def _cross_validated(space: SearchSpace, d: PreparedData, model: torch.nn.Module
 
 
 def measure(trial: optuna.Trial, space: SearchSpace, d: PreparedData, model: torch.nn.Module,
-            states: list[dict[str, torch.Tensor]]) -> Deployed:
+            states: list[dict[str, torch.Tensor]],
+            float_states: list[dict[str, torch.Tensor]] | None = None) -> Deployed:
     """Score the trained trial as deployed when ``space`` needs it (see the module docs).
 
     ``model`` is the trial's built model (its weights are not touched) and ``states`` the
@@ -153,6 +154,10 @@ def measure(trial: optuna.Trial, space: SearchSpace, d: PreparedData, model: tor
     constraints known only now (``max_int8_kb``, ``max_latency_ms``, ``min_int8_<metric>``)
     as Optuna constraint values (feasible when <= 0): the trial completes either way and
     samplers rank a violator behind the feasible ones.
+
+    ``float_states`` (``train.qat``): the weights before quantisation-aware fine-tuning. Their
+    post-training int8 metrics, scored the same way, are recorded beside the QAT model's
+    (``deployed.post_training_int8``): QAT against post-training quantisation on the same trial.
     """
     if not wanted(space):
         return Deployed()
@@ -161,6 +166,10 @@ def measure(trial: optuna.Trial, space: SearchSpace, d: PreparedData, model: tor
         metrics, blob, sample, info = _cross_validated(space, d, model, states)
     else:
         metrics, blob, sample, info = _holdout(space, d, model, states[0])
+    if float_states:
+        ptq = (_cross_validated(space, d, model, float_states) if space.validation.cv else
+               _holdout(space, d, model, float_states[0]))[0]
+        info["post_training_int8"] = {k.removeprefix("int8_"): round(v, 6) for k, v in ptq.items()}
     lat = measure_latency(blob, sample[:_LATENCY_SEGMENTS], batch=1, runs=LATENCY_RUNS, warmup=LATENCY_WARMUP)
     sizes = {"int8_kb": len(blob) / 1024.0, "latency_ms": round(float(lat["p50_ms"]), 4)}
     trial.set_user_attr(attributes.INT8_KB, sizes["int8_kb"])

@@ -20,10 +20,11 @@ import torch
 from atml import records
 from atml.config import SearchSpace, StudySettings, trial_seed
 from atml.metrics import base_metric
-from atml.models import build_model
+from atml.models import apply_shape_plan, build_model
+from atml.models.prune import compressed_shape
 from atml.storage import worker_id
 from atml.train import TrainResult, fit, predict_proba
-from atml.trial import attributes, deployed, distill, screen, warmstart
+from atml.trial import attributes, comparator, deployed, distill, screen, warmstart
 from atml.trial.checkpoint import CHECKPOINT_FILE, checkpoint_dir, save_checkpoint, save_oof
 from atml.trial.cv import cross_validate, pooled_metrics
 from atml.trial.data import DataVariants, PreparedData
@@ -78,8 +79,10 @@ class Objective:
         if ws is not None:
             hp = params["model"]["hparams"] = ws.hparams
         model = build_model(fam, in_channels=d.n_leads, n_classes=len(d.classes), **hp) if ws is None else ws.build()
+        model = comparator.wrap(model, config.train.mode, d)  # train.mode: comparator
         warmstart.record(trial, ws)
-        n_params, onnx_kb = screen.check_size(trial, self.space, model, d)
+        # train.prune: the trial is sized as it ends, pruned (the shapes do not depend on the weights)
+        n_params, onnx_kb = screen.check_size(trial, self.space, compressed_shape(model, config.train, d), d)
         cfg = dataclasses.replace(config.train, seed=seed, metric=base_metric(st.metric), direction=st.direction,
                                   task=d.task, lr_scale=ws.lr_scale if ws is not None else 1.0)
         teacher = distill.prepare(config, d, per_batch=self.space.validation.cv)  # train.distill
@@ -88,9 +91,10 @@ class Objective:
         ck_path = checkpoint_dir(self.artifacts, st.name, trial.number) / CHECKPOINT_FILE
         folds = None
         if self.space.validation.cv:
-            cv = cross_validate(trial, self.space, d, cfg, ws.build if ws is not None else lambda: build_model(
-                                fam, in_channels=d.n_leads,
-                                n_classes=len(d.classes), **hp), epochs, self.should_stop, teacher)
+            cv = cross_validate(trial, self.space, d, cfg, comparator.builder(
+                                ws.build if ws is not None else lambda: build_model(
+                                    fam, in_channels=d.n_leads, n_classes=len(d.classes), **hp), cfg.mode, d),
+                                epochs, self.should_stop, teacher)
             metrics = cv.metrics
             res = TrainResult(best_epoch=cv.best_epoch, epochs_run=cv.epochs_run, metrics=metrics,
                               state_dict=cv.state_dicts[0],
@@ -99,9 +103,10 @@ class Objective:
                                                                                                 cv.folds, strict=True)]
             save_oof(ck_path.parent, cv.oof)
             attributes.record_subjects(trial, cv.subjects)
+            shapes, float_states, compression = cv.shapes, cv.float_states, cv.compression
         else:
             res = fit(model, d.x_train, d.y_train, d.x_val, d.y_val, cfg, report=epoch_reporter(trial, st, epochs),
-                      should_stop=self.should_stop, classes=d.classes, distill=teacher)
+                      should_stop=self.should_stop, classes=d.classes, distill=teacher, subjects=d.subject_train)
             metrics = {k: float(v) for k, v in res.metrics.items() if k not in ("epoch", "lr")}
             if d.task == "binary" and len(d.subject_val):  # the spread over the validation subjects
                 model.load_state_dict(res.state_dict)
@@ -110,13 +115,18 @@ class Objective:
                                              self.space.validation.confidence, seed=st.seed)
                 metrics.update({k: v for k, v in spread.items() if k not in metrics})
                 attributes.record_subjects(trial, per)
+            shapes, compression = res.shapes, res.compression
+            float_states = [res.float_state] if res.float_state is not None else None
+        apply_shape_plan(model, shapes)  # a pruned trial: the built model takes the trained shapes
+        if compression:
+            trial.set_user_attr(attributes.COMPRESSION, compression)
         dep = deployed.measure(trial, self.space, d, model, [f["state_dict"] for f in folds] if folds else
-                               [res.state_dict])  # the int8 export's figures, when the space names one
+                               [res.state_dict], float_states)  # the int8 export's figures, when named
         metrics.update(dep.metrics)
         save_checkpoint(ck_path, family=fam, hparams=hp, data=d, state_dict=res.state_dict, params=params,
                         trial=trial.number, study=st.name, metrics=res.metrics if folds is None else metrics,
-                        folds=folds, init=ws.record if ws is not None else None,
-                        distill=teacher.record if teacher is not None else None)
+                        folds=folds, init=ws.record if ws is not None else None, shapes=shapes,
+                        distill=teacher.record if teacher is not None else None, head=comparator.head(cfg.mode))
         attributes.record_result(trial, res, metrics, epochs, str(ck_path.relative_to(self.artifacts / st.name)),
                                  time.perf_counter() - t0)
         if self.space.gate.enabled:  # on the CPU, where the gate exports ONNX
