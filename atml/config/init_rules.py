@@ -177,6 +177,8 @@ def _check_source(v: Validator, init: WarmStart, data: dict[str, Any], data_para
         blocks = len(backbone_blocks(build_model(fam, in_channels=n_in, n_classes=int(ck["n_classes"]), **hp)))
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         v.fail("model.init.from", f"{init.checkpoint} is not a readable atml checkpoint ({type(e).__name__}: {e})")
+    if ck.get("shapes"):
+        v.fail("model.init.from", f"{init.checkpoint} is a pruned model (train.prune); warm-start from an unpruned one")
     names = list(families)
     if names != [fam]:
         v.fail("model.families", f"the warm start's source is a {fam} model, the space's famil"

@@ -11,8 +11,8 @@ from atml.config.data_rules import data_section
 from atml.config.distill_rules import distill_section
 from atml.config.gate_rules import gate_settings
 from atml.config.init_rules import init_section
-from atml.config.model_rules import model_section
 from atml.config.mode_rules import mode_rules
+from atml.config.model_rules import model_section
 from atml.config.schema import SearchSpace
 from atml.config.study_rules import budget, study_settings
 from atml.config.train_rules import train_section

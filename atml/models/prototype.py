@@ -18,11 +18,12 @@ not towards -1.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 __all__ = ["MARGIN", "SCALE", "PrototypeClassifier", "classifier_linear", "class_prototypes", "pair_loss",
-           "draw_partners"]
+           "pair_sources", "draw_partners"]
 
 MARGIN = 0.5  # a different-class pair costs max(0, cos - MARGIN)
 SCALE = 10.0  # logits = SCALE * cos: a binary logit gap of up to 2 * SCALE
@@ -70,6 +71,12 @@ class PrototypeClassifier(nn.Module):
         protos = nn.functional.normalize(self.prototypes, dim=1)
         return self.scale * self.embed(x) @ protos.t()
 
+    def pair_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """:func:`pair_loss` of a batch whose second half are the first half's partners."""
+        half = len(xb) // 2
+        emb = self.embed(xb)
+        return pair_loss(emb[:half], emb[half:], yb[:half] == yb[half:])
+
     @torch.no_grad()
     def set_prototypes(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> None:
         """Set the prototypes to :func:`class_prototypes` of segments ``x`` with labels ``y``
@@ -80,6 +87,19 @@ class PrototypeClassifier(nn.Module):
         self.train(was)
         if emb:
             self.prototypes.copy_(class_prototypes(torch.cat(emb), y, len(self.prototypes)))
+
+
+def pair_sources(model: nn.Module, y: torch.Tensor,
+                 subjects: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What :func:`draw_partners` draws from for ``model`` and training labels ``y``: the CPU
+    labels and integer subject codes (None when ``subjects`` names fewer than two subjects).
+    A ValueError unless ``model`` is a :class:`PrototypeClassifier`."""
+    if not isinstance(model, PrototypeClassifier):
+        raise ValueError(f"train.mode comparator trains a PrototypeClassifier, got {type(model).__name__}")
+    codes = None
+    if subjects is not None and len(subjects) == len(y) and len(np.unique(subjects)) > 1:
+        codes = torch.from_numpy(np.unique(np.asarray(subjects), return_inverse=True)[1].astype(np.int64))
+    return y.cpu(), codes
 
 
 def class_prototypes(emb: torch.Tensor, y: torch.Tensor, n_classes: int) -> torch.Tensor:

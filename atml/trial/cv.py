@@ -33,6 +33,7 @@ from atml.metrics import subject_figures, task_metrics
 from atml.train import TrainResult, fit, predict_proba
 from atml.trial import attributes
 from atml.trial.data import PreparedData
+from atml.trial.distill import Distiller
 
 __all__ = ["FoldOutcome", "CVResult", "cross_validate", "pooled_metrics", "folds_of"]
 
@@ -116,7 +117,7 @@ def _fold_reporter(trial: optuna.Trial, st: Any, fold: int,
 
 def cross_validate(trial: optuna.Trial, space: SearchSpace, d: PreparedData, cfg: TrainConfig,
                    build: Callable[[], torch.nn.Module], history: list[dict[str, float]],
-                   should_stop: Callable[[], bool] | None = None, distill: Callable[..., torch.Tensor] | None = None,
+                   should_stop: Callable[[], bool] | None = None, distill: Distiller | None = None,
                    ) -> CVResult:
     """Train and score one model per fold of ``d``'s non-test subjects; see the module docs.
 
@@ -156,7 +157,8 @@ def cross_validate(trial: optuna.Trial, space: SearchSpace, d: PreparedData, cfg
         tr_i, in_i = rows(tr), rows(inner)
         res: TrainResult = fit(model, x[tr_i], y_t[tr_i], x[in_i], y_t[in_i], fcfg,
                                report=_fold_reporter(trial, st, fold.index, history),
-                               should_stop=should_stop, classes=d.classes, distill=distill, subjects=subject[tr])
+                               should_stop=should_stop, classes=d.classes, subjects=subject[tr],
+                               distill=None if distill is None else distill.for_fold(fold.held_subjects))
         model.load_state_dict(res.state_dict)
         p, _ = predict_proba(model, x[rows(fold.held)], task=d.task, precision=fcfg.precision)
         proba[fold.repeat, fold.held] = p

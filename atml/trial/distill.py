@@ -16,6 +16,7 @@ among them) runs in onnxruntime on the CPU.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ from atml.trial.attributes import DISTILL
 from atml.trial.data import PreparedData
 
 __all__ = ["Teacher", "Distiller", "distill_loss", "load_teacher", "prepare", "record"]
+
+log = logging.getLogger(__name__)
 
 _TEACHERS: dict[str, Teacher] = {}  # per worker: a teacher is read once
 _TARGETS: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (teacher, id(x)) -> (x, logits)
@@ -60,6 +63,16 @@ class Teacher:
     meta: dict[str, Any]
     models: list[nn.Module] = field(default_factory=list)  # .pt: one per fold (their logits averaged)
     session: Any = None  # .onnx: an onnxruntime session
+    held_out: list[tuple[str, ...]] = field(default_factory=list)  # .pt of a CV trial: each fold model's held subjects
+
+    def for_fold(self, held: tuple[str, ...]) -> Teacher | None:
+        """The fold model that held out exactly ``held`` (a student's fold of the same split),
+        as a teacher of its own; None when the teacher has no such fold."""
+        key = tuple(sorted(map(str, held)))
+        for model, h in zip(self.models, self.held_out, strict=False):
+            if tuple(sorted(map(str, h))) == key:
+                return Teacher(self.path, self.meta, models=[model])
+        return None
 
     def logits(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """The teacher's logits of ``x`` (N, leads, samples), float32, where ``x`` is."""
@@ -95,7 +108,8 @@ def load_teacher(path: str) -> Teacher:
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the trial's RNG alone
             for sd in states:
                 models.append(model_from_checkpoint(ck, sd))
-        teacher = Teacher(path, meta, models=models)
+        held = [tuple(f.get("held_subjects") or ()) for f in ck.get("folds") or ()]
+        teacher = Teacher(path, meta, models=models, held_out=held)
     _TEACHERS[path] = teacher
     return teacher
 
@@ -122,13 +136,28 @@ class Distiller:
             self.teacher.logits(xb)
         return distill_loss(out, hard, t.to(out.device), self.alpha, self.temperature, self.task)
 
+    def for_fold(self, held: tuple[str, ...]) -> Distiller:
+        """The hook for the cross-validation fold that holds out ``held``: a teacher trained by
+        cross-validation on the same folds teaches with its model of that fold, which never
+        saw those subjects; any other teacher teaches as it is (see :attr:`record`)."""
+        fold = self.teacher.for_fold(held)
+        if fold is None:
+            if self.teacher.held_out:
+                log.warning("train.distill: no fold of the teacher %s held out the subjects %s; the whole teacher "
+                            "teaches this fold (it saw some of them)", self.source, ", ".join(map(str, held)))
+            return self
+        return Distiller(fold, self.alpha, self.temperature, self.task, self.source, None)
+
     @property
     def record(self) -> dict[str, Any]:
         m = self.teacher.meta
         return {"teacher": self.source, "path": self.teacher.path, "kind": m["kind"], "members": m["members"],
                 "alpha": self.alpha, "temperature": self.temperature,
                 "targets": "precomputed on the training segments" if self.table is not None else
-                           "on each (augmented) batch"}
+                           "on each (augmented) batch",
+                "cv_folds": "a cross-validation fold is taught by the teacher's fold model that held out the same "
+                            "subjects, where it has one" if self.teacher.held_out else
+                            "the whole teacher teaches every fold (it may have seen a fold's held-out subjects)"}
 
 
 def prepare(config: TrialConfig, data: PreparedData, per_batch: bool = False) -> Distiller | None:

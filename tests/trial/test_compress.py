@@ -118,3 +118,12 @@ def test_searched_amount_and_qat_are_trial_parameters(txt_sample):
     cfg = s.params_from_flat({"train.prune.amount": 0.4, "train.qat": 2, "train.lr": 2e-3,
                               "afnet.width": 8}).train
     assert cfg.prune == {"amount": 0.4, "epochs": 2, "steps": 2} and cfg.qat == 2
+
+
+def test_a_pruned_trial_cannot_be_a_warm_start_source(compressed, txt_sample):
+    tmp, _, t = compressed
+    raw = _space("ws", txt_sample)
+    raw["model"]["init"] = {"from": str(tmp / "comp" / t.user_attrs["checkpoint"])}
+    raw["model"]["families"] = {"afnet": {}}
+    with pytest.raises(SpaceError, match=r"model.init.from: .* is a pruned model \(train.prune\)"):
+        space_from_dict(raw)

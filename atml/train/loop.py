@@ -1,4 +1,4 @@
-"""Fit and evaluate one model configuration: no Optuna, no storage, plain tensors.
+"""The training loop of :func:`atml.train.fit`: one configuration, no Optuna, no storage, plain tensors.
 
 Training runs where the data is (or on ``device``): the model, each batch and the
 augmentation live there, with mixed precision when ``cfg.precision`` asks for it. What
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import logging
 import math
 import time
@@ -28,13 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from atml.config import TrainConfig  # re-exported: atml.train.TrainConfig keeps working
+from atml.config import TrainConfig
 from atml.device import check_precision
 from atml.metrics import task_metrics
-from atml.models.prototype import PrototypeClassifier, draw_partners, pair_loss
+from atml.models.prototype import draw_partners, pair_sources
 from atml.models.transfer import keep_frozen_eval, param_groups
 
-__all__ = ["TrainConfig", "TrainResult", "Interrupted", "fit", "predict_proba", "evaluate"]
+__all__ = ["TrainConfig", "TrainResult", "Interrupted", "train_loop", "cpu_state", "predict_proba", "evaluate",
+           "augment", "stretch"]
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def evaluate(
     return m
 
 
-def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of ``module``'s state dict on the CPU (what a checkpoint stores and ONNX export loads)."""
     sd = module.state_dict()
     if all(v.device.type == "cpu" for v in sd.values()):
@@ -234,138 +234,7 @@ def _ema_step(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tenso
     return step
 
 
-def _pairing(model: nn.Module, cfg: TrainConfig, y_train: torch.Tensor,
-             subjects: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """Comparator mode (``cfg.mode``): the CPU labels and subject codes pairs are drawn from
-    (None: supervised). Subjects constrain the pairs only when there are several."""
-    if cfg.mode != "comparator":
-        return None
-    if not isinstance(model, PrototypeClassifier):
-        raise ValueError(f"train.mode comparator trains a PrototypeClassifier, got {type(model).__name__}")
-    codes = None
-    if subjects is not None and len(subjects) == len(y_train) and len(np.unique(subjects)) > 1:
-        codes = torch.from_numpy(np.unique(np.asarray(subjects), return_inverse=True)[1].astype(np.int64))
-    return y_train.cpu(), codes
-
-
-def _pair_step(model: PrototypeClassifier, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-    """The pair loss of a batch whose second half are the first half's partners."""
-    half = len(xb) // 2
-    emb = model.embed(xb)
-    return pair_loss(emb[:half], emb[half:], yb[:half] == yb[half:])
-
-
-def fit(
-    model: nn.Module,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
-    cfg: TrainConfig,
-    report: Callable[[int, float, dict[str, float]], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    classes: tuple[str, ...] = (),
-    device: str | torch.device | None = None,
-    distill: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    subjects: np.ndarray | None = None,
-) -> TrainResult:
-    """Train ``model`` and return the best epoch's metrics and weights (``cfg.keep="last"``:
-    the last epoch's, for a fixed-length refit whose validation data may be in training).
-
-    Then, as the configuration asks: ``train.prune`` removes channels from ``model`` (in
-    place: the caller's model has the pruned architecture afterwards) and fine-tunes it, and
-    ``train.qat`` fine-tunes it under fake int8 quantisation (:func:`_compress`). The result's
-    metrics and weights are then the compressed model's, ``shapes`` its layer shapes.
-
-    ``report(epoch, objective, metrics)`` is called after each epoch and may raise (e.g.
-    ``optuna.TrialPruned``) to stop; ``should_stop()`` is polled every batch and makes
-    the loop raise :class:`Interrupted`.
-
-    Trains on ``device`` (default: where ``x_train`` is); the model is moved there and
-    stays, data elsewhere is copied there once. The kept weights come back on the CPU.
-
-    ``distill(logits, loss, batch, indices)`` turns each batch's loss into the one minimised
-    (knowledge distillation, :mod:`atml.trial.distill`); ``indices`` are the batch's rows of ``x_train``.
-    """
-    res = _loop(model, x_train, y_train, x_val, y_val, cfg, report, should_stop, classes, device, distill,
-                subjects=subjects)
-    prune = cfg.prune or {}
-    if not (float(prune.get("amount", 0)) > 0 or cfg.qat > 0):
-        return res
-    return _compress(model, res, (x_train, y_train, x_val, y_val), cfg, report, should_stop, classes, device,
-                     distill)
-
-
-# Fine-tuning after training starts from the trained weights: a smaller step than training's.
-PRUNE_LR_SCALE = 0.3  # after channels were removed: the network has to recover
-QAT_LR_SCALE = 0.1  # under fake quantisation: the weights only settle on the int8 grid
-
-
-def _compress(model: nn.Module, res: TrainResult, data: tuple[torch.Tensor, ...], cfg: TrainConfig,
-              report: Callable[[int, float, dict[str, float]], None] | None, should_stop: Callable[[], bool] | None,
-              classes: tuple[str, ...], device: str | torch.device | None,
-              distill: Callable[..., torch.Tensor] | None) -> TrainResult:
-    """The phases after training: prune and fine-tune (``train.prune``: ``steps`` rounds,
-    ``epochs`` fine-tuning epochs in all), then quantisation-aware fine-tuning (``train.qat``
-    epochs). Each phase starts from the previous one's kept weights and keeps its own best
-    (or last, ``keep: last``) epoch; epochs are numbered on from training's, for ``report``."""
-    from atml.models.fakequant import attach
-    from atml.models.prune import prune_channels, schedule
-    from atml.models.shapes import shape_plan
-
-    phases, done = [res], []
-    model.load_state_dict(res.state_dict)
-    n_leads, n_samples = int(data[0].shape[1]), int(data[0].shape[2])
-
-    def run(tuned: TrainConfig, **kw: Any) -> TrainResult:
-        offset = sum(p.epochs_run for p in phases)
-        rep = None if report is None else (lambda e, o, m: report(offset + e, o, {**m, "epoch": offset + e}))
-        r = _loop(model, *data, tuned, rep, should_stop, classes, device, distill, **kw)
-        phases.append(r)
-        return r
-
-    def tune(epochs: int, scale: float) -> TrainConfig:
-        return dataclasses.replace(cfg, epochs=epochs, lr=cfg.lr * scale, patience=epochs + 1, min_epochs=epochs,
-                                   ema=0.0, prune=None, qat=0)
-
-    prune, shapes, float_state = cfg.prune or {}, None, None
-    amount = float(prune.get("amount", 0))
-    if amount > 0:
-        reference = copy.deepcopy(model)
-        steps, epochs = int(prune.get("steps", 1)), int(prune.get("epochs", 1))
-        params_before = sum(p.numel() for p in model.parameters())
-        for i, ratio in enumerate(schedule(amount, steps)):
-            prune_channels(model, ratio, n_leads, n_samples)
-            per = epochs // steps + (1 if i < epochs % steps else 0)
-            model.load_state_dict(run(tune(max(1, per), PRUNE_LR_SCALE)).state_dict)
-        shapes = shape_plan(model, reference)
-        done.append({"phase": "prune", "amount": amount, "steps": steps, "epochs": epochs,
-                     "params_before": params_before, "params_after": sum(p.numel() for p in model.parameters())})
-    if cfg.qat > 0:
-        float_state = _cpu_state(model)
-        fq = attach(model)
-        try:
-            last = run(tune(cfg.qat, QAT_LR_SCALE), state_of=lambda _m: fq.state_dict())
-        finally:
-            fq.remove()
-        model.load_state_dict(last.state_dict)
-        done.append({"phase": "qat", "epochs": cfg.qat, "weights": "int8 per channel (symmetric)",
-                     "activations": "uint8 per tensor"})
-    final = phases[-1]
-    history, offset = [], 0
-    for p in phases:
-        history.extend({**h, "epoch": offset + int(h.get("epoch", i))} for i, h in enumerate(p.history))
-        offset += p.epochs_run
-    return TrainResult(
-        best_epoch=offset - final.epochs_run + final.best_epoch, epochs_run=offset,
-        metrics={**final.metrics, "epoch": offset - final.epochs_run + final.best_epoch}, history=history,
-        state_dict=final.state_dict, stopped_early=res.stopped_early,
-        epoch_seconds=sum(p.epoch_seconds for p in phases), shapes=shapes, float_state=float_state,
-        compression=done,
-    )
-
-
-def _loop(
+def train_loop(
     model: nn.Module,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -380,11 +249,9 @@ def _loop(
     state_of: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None,
     subjects: np.ndarray | None = None,
 ) -> TrainResult:
-    """One training run of :func:`fit` (training, or one fine-tuning phase after it);
-    ``state_of`` takes the kept weights (default: a CPU copy of the state dict).
-
-    """
-    state_of = state_of or _cpu_state
+    """One training run of :func:`atml.train.fit` (training, or one fine-tuning phase after
+    it); ``state_of`` takes the kept weights (default: a CPU copy of the state dict)."""
+    state_of = state_of or cpu_state
     dev = torch.device(device) if device is not None else x_train.device
     check_precision((cfg.precision,), str(dev))
     if dev.type == "cuda":
@@ -420,7 +287,7 @@ def _loop(
     since_loss_improved = 0
     stopped_early = False
     n = len(x_train)
-    pairs = _pairing(model, cfg, y_train, subjects)  # comparator: what partners are drawn from
+    pairs = pair_sources(model, y_train, subjects) if cfg.mode == "comparator" else None
     t_epochs = 0.0
     epoch = 0
     for epoch in range(cfg.epochs):
@@ -443,8 +310,8 @@ def _loop(
             xb = augment(stretch(xb, cfg.stretch, gen), cfg.augment, gen, noise_gen)
             opt.zero_grad(set_to_none=True)
             with _autocast(dev, cfg.precision):
-                if pairs is not None:
-                    loss = _pair_step(model, xb, yb)  # type: ignore[arg-type]
+                if pairs is not None:  # comparator: the pair loss of segments and partners
+                    loss = model.pair_loss(xb, yb)  # type: ignore[operator]
                 else:
                     out = model(xb)
                     loss = loss_fn(out, yb) if distill is None else distill(out, loss_fn(out, yb), xb, idx)
