@@ -159,6 +159,28 @@ def test_fold_models_teach_with_their_mean_logits(teacher, txt_data, tmp_path):
     assert got.meta["members"] == 2 and torch.allclose(got.logits(x), want, atol=1e-6)
 
 
+def test_a_cross_validation_fold_is_taught_by_the_teachers_model_of_the_same_fold(teacher, txt_data, tmp_path):
+    """A CV teacher's fold model that held out a student fold's subjects teaches that fold
+    alone: no held-out subject reaches the student through its teacher."""
+    from atml.trial.distill import Distiller
+
+    _, pt, _ = teacher
+    m, ck = load_checkpoint(pt)
+    other = build_model("afnet", in_channels=1, n_classes=2, **ck["hparams"]).eval()
+    folds = [{"state_dict": ck["state_dict"], "held_subjects": ["S1"]},
+             {"state_dict": other.state_dict(), "held_subjects": ["S36", "S19"]}]
+    path = save_checkpoint(tmp_path / "cvf.pt", family="afnet", hparams=ck["hparams"], data=txt_data,
+                           state_dict=ck["state_dict"], params=ck["params"], trial=0, study="cv", metrics={},
+                           folds=folds)
+    hook = Distiller(load_teacher(str(path)), 0.5, 2.0, "binary", "cvf.pt")
+    x = txt_data.x_val[:8]
+    with torch.no_grad():
+        assert torch.allclose(hook.for_fold(("S19", "S36")).teacher.logits(x), other(x), atol=1e-6)
+        assert torch.allclose(hook.for_fold(("S1",)).teacher.logits(x), m(x), atol=1e-6)
+    assert hook.for_fold(("S1", "S19")) is hook  # no such fold: the whole teacher, with a warning
+    assert "held out the same subjects" in hook.record["cv_folds"]
+
+
 def _three_class(tmp_path: Path, txt_data) -> Path:
     data = copy.copy(txt_data)
     data.classes = ("N", "AFIB", "other")
