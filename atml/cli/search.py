@@ -196,7 +196,27 @@ def _studies(args: argparse.Namespace) -> int:
         print(f"{r.name:24s} {r.metric:8s} {','.join(r.directions):9s} {c.get('COMPLETE', 0):8d} "
               f"{c.get('PRUNED', 0):7d} {c.get('FAIL', 0):5d} {c.get('RUNNING', 0):7d} {best:>8s}  "
               f"{r.stop_reason or ''}")
+        spread = _cv_spread(r.best_metrics)
+        if spread:
+            print(f"{'':24s} best trial #{r.best_trial}, cross-validated: {spread}")
     return 0
+
+
+def _cv_spread(m: dict[str, float]) -> str:
+    """The pooled out-of-fold figure of a cross-validated trial with its spread ('' for a holdout trial)."""
+    key = next((k for k in m if k.endswith("_fold_std")), None)
+    if key is None:
+        return ""
+    from atml.metrics import base_metric
+
+    metric = key.removesuffix("_fold_std")
+    base = base_metric(metric)
+    parts = [f"pooled {base} {m.get(base, float('nan')):.4f}", f"{metric} fold s.d. {m[key]:.3f}"]
+    for name, label in ((f"subject_{base}_min", "worst subject"), (f"subject_{base}_p10", "subject p10"),
+                        (f"{base}_lcb", "lower bound")):
+        if name in m:
+            parts.append(f"{label} {m[name]:.3f}")
+    return ", ".join(parts)
 
 
 SEARCH = Command("search", "run a whole search with local worker processes", _search_arguments, _search)

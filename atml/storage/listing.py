@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["StudySummary", "study_names", "list_studies"]
@@ -19,6 +19,7 @@ class StudySummary:
     best_value: float | None
     best_trial: int | None
     stop_reason: str | None
+    best_metrics: dict[str, float] = field(default_factory=dict)  # the best trial's metrics (CV: pooled, spread)
 
 
 def study_names(storage: Any) -> list[str]:
@@ -40,9 +41,11 @@ def list_studies(storage: Any) -> list[StudySummary]:
         for t in trials:
             counts[t.state.name] += 1
         best_value = best_trial = None
+        best_metrics: dict[str, float] = {}
         bt = records.best_trial(optuna.load_study(study_name=s.study_name, storage=storage), trials)
         if bt is not None:  # several objectives: the front's best in the first one
             best_value, best_trial = bt.values[0], bt.number
+            best_metrics = dict(bt.user_attrs.get("metrics") or {})
         attrs = s.user_attrs
         space = records.stored_space(attrs) or {}
         raw_study = space.get("raw", {}).get("study", {})
@@ -57,6 +60,7 @@ def list_studies(storage: Any) -> list[StudySummary]:
                 best_value=best_value,
                 best_trial=best_trial,
                 stop_reason=records.stop_reason(attrs),
+                best_metrics=best_metrics,
             )
         )
     return out

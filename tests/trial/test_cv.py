@@ -108,6 +108,13 @@ def test_cv_search_end_to_end(txt_sample, tmp_path, atml_cmd):
     res = json.loads(r.stdout)
     assert res["split"]["validation"]["folds"] == 3 and res["split"]["validation"]["subjects"] == 3
     assert res["best"]["metrics"]["f1"] == pytest.approx(res["best"]["value"])
+    # atml studies shows the best trial's cross-validated figure with its spread
+    r = subprocess.run([*atml_cmd, "studies"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if "cross-validated:" in ln)
+    m = res["best"]["metrics"]
+    assert f"pooled f1 {m['f1']:.4f}" in line and f"f1 fold s.d. {m['f1_fold_std']:.3f}" in line
+    assert f"worst subject {m['subject_f1_min']:.3f}" in line
 
 
 def test_dashboard_trial_page_shows_folds_subjects_and_readable_ranges(txt_data, txt_sample, tmp_path):
