@@ -8,7 +8,8 @@ from atml.config.schema import Budget, StudySettings, field_defaults
 from atml.config.validator import Validator
 from atml.metrics import LCB_METRIC_NAMES, METRIC_NAMES, SUBJECT_METRIC_NAMES
 
-__all__ = ["METRICS", "INT8_METRICS", "DEPLOYED_FIGURES", "POST_TRAINING_CONSTRAINTS", "constraint_figure",
+__all__ = ["METRICS", "INT8_METRICS", "DEPLOYED_FIGURES", "POST_TRAINING_CONSTRAINTS", "METRIC_CONSTRAINTS",
+           "constraint_figure",
            "study_settings", "budget", "sampler_class", "pruner_class"]
 
 # Validation metrics a study may optimise: the metric module's, the loss, and the PhysioNet
@@ -23,7 +24,9 @@ DEPLOYED_FIGURES: tuple[str, ...] = ("int8_kb", "latency_ms", *INT8_METRICS)
 # Bounds known before training reject a trial untrained; the others are recorded after it.
 _PRE_CONSTRAINTS = ("max_onnx_kb", "max_params", "max_macs")
 POST_TRAINING_CONSTRAINTS: tuple[str, ...] = ("max_int8_kb", "max_latency_ms", *(f"min_{m}" for m in INT8_METRICS))
-_CONSTRAINTS = (*_PRE_CONSTRAINTS, *POST_TRAINING_CONSTRAINTS)
+# Lower bounds on a validation metric (e.g. min_subject_f1_min: no person below it), recorded once trained.
+METRIC_CONSTRAINTS: tuple[str, ...] = tuple(f"min_{m}" for m in METRICS if m not in ("val_loss", "physionet2017"))
+_CONSTRAINTS = (*_PRE_CONSTRAINTS, *POST_TRAINING_CONSTRAINTS, *METRIC_CONSTRAINTS)
 
 
 def constraint_figure(key: str) -> str:
@@ -98,7 +101,7 @@ def _constraints(v: Validator, d: Any) -> dict[str, float]:
         where = f"study.constraints.{k}"
         if k not in _CONSTRAINTS:
             v.fail(where, f"unknown constraint (allowed: {', '.join(_PRE_CONSTRAINTS)}, max_int8_kb, "
-                   "max_latency_ms, min_int8_<metric> for a validation metric but val_loss)")
+                   "max_latency_ms, min_<metric> and min_int8_<metric> for a validation metric but val_loss)")
         out[k] = v.typed(where, val, float)
         if out[k] is None:
             v.fail(where, "expected a number, got None")

@@ -123,6 +123,7 @@ class Objective:
         dep = deployed.measure(trial, self.space, d, model, [f["state_dict"] for f in folds] if folds else
                                [res.state_dict], float_states)  # the int8 export's figures, when named
         metrics.update(dep.metrics)
+        screen.record_metric_constraints(trial, self.space, metrics)  # min_subject_f1_min and the like
         save_checkpoint(ck_path, family=fam, hparams=hp, data=d, state_dict=res.state_dict, params=params,
                         trial=trial.number, study=st.name, metrics=res.metrics if folds is None else metrics,
                         folds=folds, init=ws.record if ws is not None else None, shapes=shapes,

@@ -1,4 +1,5 @@
-"""Checks a trial passes before it is trained: the avoid list, the size limit, the constraints.
+"""Checks a trial passes before it is trained: the avoid list, the size limit, the constraints
+(and, once it is trained, the constraints on its validation metrics: :func:`record_metric_constraints`).
 
 A trial that fails one ends at once as PRUNED (the sampler ranks it among the worst) and is
 marked skipped, so it does not use up the budget.
@@ -6,6 +7,7 @@ marked skipped, so it does not use up the budget.
 
 from __future__ import annotations
 
+import math
 from typing import NoReturn
 
 import optuna
@@ -14,12 +16,13 @@ import torch
 from atml import gate as g
 from atml import records
 from atml.config import Param, SearchSpace
+from atml.config.study_rules import METRIC_CONSTRAINTS, constraint_figure
 from atml.models import count_macs, count_parameters
 from atml.onnx.convert import onnx_size_kb
 from atml.trial import attributes
 from atml.trial.data import PreparedData
 
-__all__ = ["skip", "check_avoid", "check_size"]
+__all__ = ["skip", "check_avoid", "check_size", "record_metric_constraints"]
 
 
 def skip(trial: optuna.Trial, reason: str, avoid: bool = False) -> NoReturn:
@@ -65,3 +68,14 @@ def check_size(trial: optuna.Trial, space: SearchSpace, model: torch.nn.Module, 
             shown = f"{attr:.1f}" if isinstance(attr, float) else str(attr)
             skip(trial, f"constraint: {shown} {unit} > {key} {limit:g}")
     return n_params, onnx_kb
+
+
+def record_metric_constraints(trial: optuna.Trial, space: SearchSpace, metrics: dict[str, float]) -> None:
+    """Record ``min_<metric>`` constraints (e.g. ``min_subject_f1_min: 0.5``) on the trained
+    trial as Optuna constraint values (feasible when <= 0): the trial completes either way
+    and samplers rank a violator behind the feasible ones; a metric the task does not
+    define (NaN) is no pass."""
+    for key, limit in space.study.constraints.items():
+        if key in METRIC_CONSTRAINTS:
+            value = float(metrics.get(constraint_figure(key), math.nan))
+            trial.set_constraint(key, 1.0 if math.isnan(value) else limit - value)

@@ -56,3 +56,28 @@ def test_size_cap_skips_before_training_and_writes_no_checkpoint(synthetic, tmp_
     assert not (tmp_path / "cap" / "trials").exists()
     # the capped point goes on the avoid list, so its neighbourhood is not sampled again
     assert [k for k in study.user_attrs if k.startswith(records.AVOID_PREFIX)] == [f"{records.AVOID_PREFIX}0"]
+
+
+def test_a_bound_on_a_subject_spread_metric_is_a_constraint(synthetic, tmp_path):
+    """min_subject_f1_min: no validation person below it; recorded once trained, the trial
+    completes either way and only a feasible one can be the study's best."""
+    from atml.errors import SpaceError
+
+    raw = small_space("spread", n_trials=1, epochs=1)
+    raw["model"] = {"families": {"afnet": {"width": 4, "depth": 2}}}
+    raw["study"]["constraints"] = {"min_subject_f1_min": 0.999, "min_f1": 0.0}
+    space = space_from_dict(raw)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(Objective(space, synthetic, tmp_path), n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE
+    m = t.user_attrs["metrics"]
+    assert t.constraints["min_subject_f1_min"] == pytest.approx(0.999 - m["subject_f1_min"])
+    assert t.constraints["min_f1"] == pytest.approx(-m["f1"])
+    assert records.feasible(t) == (m["subject_f1_min"] >= 0.999)
+    raw["study"]["constraints"] = {"min_subject_f1_min": 1.5}
+    with pytest.raises(SpaceError, match=r"study.constraints.min_subject_f1_min: must be in \[0, 1\]"):
+        space_from_dict(raw)
+    raw["study"]["constraints"] = {"min_val_loss": 0.5}
+    with pytest.raises(SpaceError, match="study.constraints.min_val_loss: unknown constraint"):
+        space_from_dict(raw)
