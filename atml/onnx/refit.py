@@ -30,6 +30,7 @@ from torch import nn
 
 from atml.config import trial_seed
 from atml.errors import ExportError
+from atml.metrics import base_metric
 from atml.models import PrototypeClassifier, build_model, model_from_checkpoint
 from atml.models.ensemble import MeanLogits
 from atml.train import TrainConfig, fit
@@ -110,7 +111,7 @@ def final_model(checkpoint_model: nn.Module, ck: dict[str, Any], ref: Any, x: np
     fit_idx = np.concatenate([train_idx, val_idx]) if refit else train_idx
     x_fit, y_fit = tensors(fit_idx)
     x_val, y_val = tensors(val_idx)
-    extra: dict[str, Any] = {"metric": st.metric, "direction": st.direction, "task": task}
+    extra: dict[str, Any] = {"metric": base_metric(st.metric), "direction": st.direction, "task": task}
     if refit:
         best = ref.user_attrs.get(attributes.BEST_EPOCH)
         if not isinstance(best, int) or best < 0:

@@ -85,3 +85,24 @@ def test_refit_needs_the_trials_best_epoch_and_training_settings(trial):
     ck = {**trial.ck, "params": {}}
     with pytest.raises(ExportError, match="has no training settings to retrain from"):
         final_model(trial.model, ck, trial.ref, trial.x, trial.y, trial.train, trial.val, members=2)
+
+
+def test_refit_of_a_study_ranked_by_a_spread_metric(tmp_path, txt_sample, write_space, atml_cmd):
+    """A study whose metric exists only after training (f1_lcb, subject_f1_min) refits on its
+    per-epoch base metric, as its trials trained."""
+    import subprocess
+
+    from _helpers import small_space
+
+    raw = small_space("lcb", n_trials=1, epochs=2)
+    raw["study"]["metric"] = "f1_lcb"
+    raw["data"] = {"path": str(txt_sample), "val_fraction": 0.34, "split_seed": 0}
+    raw["model"] = {"families": {"afnet": {"width": 4, "depth": 2}}}
+    space, url = write_space(raw), f"sqlite:///{tmp_path / 's.db'}"
+    r = subprocess.run([*atml_cmd, "search", "--space", str(space), "--storage", url, "--workers", "1",
+                        "--no-progress"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([*atml_cmd, "export", "--storage", url, "--study", "lcb", "--refit", "--out",
+                        str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "m.onnx").exists()
