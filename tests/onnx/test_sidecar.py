@@ -32,7 +32,7 @@ from atml.onnx.sidecar import (
 # The order a sidecar's entries are written in (the float model's; the int8 one adds float_file).
 KEYS = ["format", "input", "network", "output", "probabilities", "task", "fs", "preprocessing", "classes", "positive_class", "positive_labels",
         "drop_labels", "label_map", "metrics", "validation", "fit", "test", "parity", "study", "trial", "family",
-        "hparams", "n_params", "opset", "atml_version", "exported_at", "file", "precision", "quantization",
+        "hparams", "n_params", "compression", "opset", "atml_version", "exported_at", "file", "precision", "quantization",
         "size_bytes", "size_kb", "sha256"]
 
 
