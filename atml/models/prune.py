@@ -54,7 +54,7 @@ def prune_channels(model: nn.Module, ratio: float, n_leads: int, n_samples: int)
         return {}
     import torch_pruning as tp
 
-    before = copy.deepcopy(model)
+    before = shape_plan(model)
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = torch.zeros(2, n_leads, n_samples, device=dev)
     training = model.training

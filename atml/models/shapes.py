@@ -28,20 +28,20 @@ def _attrs(module: nn.Module) -> tuple[str, ...] | None:
     return _ATTRS.get(type(module))
 
 
-def shape_plan(model: nn.Module, reference: nn.Module | None = None) -> dict[str, dict[str, int]]:
+def shape_plan(model: nn.Module, reference: nn.Module | dict[str, dict[str, int]] | None = None
+               ) -> dict[str, dict[str, int]]:
     """``{module name: {attribute: value}}`` of every weighted layer (of those that differ from
-    ``reference``'s, when given: the unpruned model of the same hyperparameters)."""
-    ref = dict(reference.named_modules()) if reference is not None else {}
+    ``reference``'s, when given: the unpruned model of the same hyperparameters, or the full
+    plan of ``model`` taken before it was pruned)."""
     plan: dict[str, dict[str, int]] = {}
     for name, m in model.named_modules():
         attrs = _attrs(m)
-        if attrs is None:
-            continue
-        now = {a: int(getattr(m, a)) for a in attrs}
-        r = ref.get(name)
-        if r is None or {a: int(getattr(r, a)) for a in attrs} != now:
-            plan[name] = now
-    return plan
+        if attrs is not None:
+            plan[name] = {a: int(getattr(m, a)) for a in attrs}
+    if reference is None:
+        return plan
+    before = reference if isinstance(reference, dict) else shape_plan(reference)
+    return {name: now for name, now in plan.items() if before.get(name) != now}
 
 
 def _resize(m: nn.Module, attrs: dict[str, int]) -> None:

@@ -4,7 +4,6 @@ fine-tuning (``train.qat``, :mod:`atml.models.fakequant`). :func:`atml.train.fit
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +52,7 @@ def compress(model: nn.Module, res: TrainResult, data: tuple[torch.Tensor, ...],
     prune, shapes, float_state = cfg.prune or {}, None, None
     amount = float(prune.get("amount", 0))
     if amount > 0:
-        reference = copy.deepcopy(model)
+        reference = shape_plan(model)  # the unpruned layer shapes
         steps, epochs = int(prune.get("steps", 1)), int(prune.get("epochs", 1))
         params_before = sum(p.numel() for p in model.parameters())
         for i, ratio in enumerate(schedule(amount, steps)):

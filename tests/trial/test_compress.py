@@ -62,12 +62,17 @@ def test_a_pruned_qat_trial_records_what_it_did_and_is_sized_as_it_ends(compress
     assert 0 <= ptq["f1"] <= 1 and 0 <= t.user_attrs["metrics"]["int8_f1"] <= 1
 
 
+def _export(tmp, url: str, out, *flags: str) -> None:
+    """``atml export`` of the compressed study's trial, network alone, with ``flags``."""
+    r = subprocess.run([sys.executable, "-m", "atml", "export", "--storage", url, "--study", "comp", "--out", str(out),
+                        "--no-preprocessing", *flags], capture_output=True, text=True, timeout=600, cwd=tmp)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_export_ships_the_pruned_network_at_the_size_the_trial_reported(compressed):
     tmp, url, t = compressed
     out = tmp / "net.onnx"
-    r = subprocess.run([sys.executable, "-m", "atml", "export", "--storage", url, "--study", "comp", "--out", str(out),
-                        "--no-preprocessing", "--int8"], capture_output=True, text=True, timeout=300, cwd=tmp)
-    assert r.returncode == 0, r.stderr[-2000:]
+    _export(tmp, url, out, "--int8")
     assert out.stat().st_size / 1024 == pytest.approx(t.user_attrs["onnx_kb"], abs=0.01)
     assert (tmp / "net.int8.onnx").exists() and onnx.load(str(tmp / "net.int8.onnx"))
     side = json.loads((tmp / "net.onnx.json").read_text())
@@ -78,9 +83,7 @@ def test_export_ships_the_pruned_network_at_the_size_the_trial_reported(compress
 def test_refit_prunes_and_quantisation_trains_the_configuration_again(compressed):
     tmp, url, t = compressed
     out = tmp / "refit.onnx"
-    r = subprocess.run([sys.executable, "-m", "atml", "export", "--storage", url, "--study", "comp", "--out", str(out),
-                        "--no-preprocessing", "--refit"], capture_output=True, text=True, timeout=600, cwd=tmp)
-    assert r.returncode == 0, r.stderr[-2000:]
+    _export(tmp, url, out, "--refit")
     assert out.stat().st_size / 1024 == pytest.approx(t.user_attrs["onnx_kb"], abs=0.01)
 
 
