@@ -16,12 +16,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from atml.storage.resilient import study_user_attr
+from atml.storage.resilient import set_trial_user_attrs, study_user_attr
 
 __all__ = [
     "SPACE", "METRIC", "STOP", "DEADLINE", "AVOID_PREFIX", "GATE_PREFIX", "NOTE_PREFIX",
     "REASON", "SKIPPED", "WORKER", "DEVICE",
-    "attr_json", "entries", "stored_space", "stop_reason", "read_stop_reason", "deadline",
+    "set_attrs", "attr_json", "entries", "stored_space", "stop_reason", "read_stop_reason", "deadline",
     "avoid_records", "gate_records", "note_records", "clear_prefix",
     "reason", "set_reason", "mark_skipped", "was_skipped", "device",
     "best_trial", "feasible",
@@ -115,14 +115,18 @@ def reason(trial: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
+def set_attrs(trial: Any, attrs: dict[str, Any]) -> None:
+    """Set several user attributes of ``trial`` at once (one storage transaction where it can be)."""
+    set_trial_user_attrs(trial, attrs)
+
+
 def set_reason(trial: Any, text: str) -> None:
     trial.set_user_attr(REASON, text)
 
 
 def mark_skipped(trial: Any, why: str) -> None:
     """Record that ``trial`` ended before training: it does not use up the budget."""
-    trial.set_user_attr(REASON, why)
-    trial.set_user_attr(SKIPPED, True)
+    set_attrs(trial, {REASON: why, SKIPPED: True})
 
 
 def was_skipped(trial: Any) -> bool:

@@ -15,8 +15,11 @@ training, so the storage is what is measured. The random sampler keeps sampler c
 the storage: ``--epochs`` epochs (10) spread over ``--trial-seconds`` of sleep, each
 reported to the (median) pruner and followed by the study-stop check every atml trial
 makes. The ideal is ``workers / trial-seconds`` trials per second; the figure of merit is
-measured / ideal, with no errors and no lost trial (budget - completed). Several
-``--trial-seconds`` values sweep the load, to find where a back-end stops keeping up.
+measured / ideal, with no errors and no lost trial (budget - completed), over the whole run
+("x ideal", which includes the drain at the end: with a finite budget some workers finish
+their last trial while others still run theirs) and while every worker is busy ("x
+steady", see :func:`steady_rate`). Several ``--trial-seconds`` values sweep the load, to
+find where a back-end stops keeping up.
 
 ``--mode trial``: one `atml worker` (in this process) runs ``--trials`` real 10-epoch
 trials of search_spaces/afib.yaml (its median pruner asked every epoch, but never given
@@ -83,11 +86,23 @@ def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float, e
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     # the stop check of an atml trial (an older atml, run with PYTHONPATH, read every attribute)
     stopped = getattr(records, "read_stop_reason", None) or (lambda s: records.stop_reason(s.user_attrs))
+    try:  # atml's budget count in the database; an older atml loaded every counted trial
+        from atml.storage.resilient import trial_counts
+    except ImportError:
+        trial_counts = None
+
+    def active(states: tuple, below: int | None = None) -> tuple[int, int]:
+        """(trials in ``states`` that count, how many of them are not RUNNING), as atml's budget checks count."""
+        if trial_counts is not None:
+            c = trial_counts(study, states, "over_budget", below=below)
+            return sum(n - f for n, f in c.values()), sum(n - f for s, (n, f) in c.items() if s != TrialState.RUNNING)
+        ts = [t for t in study.get_trials(deepcopy=False, states=states)
+              if "over_budget" not in t.user_attrs and (below is None or t.number < below)]
+        return len(ts), sum(t.state != TrialState.RUNNING for t in ts)
 
     def objective(trial: optuna.Trial) -> float:
         if epochs:  # atml's guard: a trial created past the global budget by a race ends at once
-            ahead = study.get_trials(deepcopy=False, states=(*counted, TrialState.WAITING))
-            if sum(t.number < trial.number and "over_budget" not in t.user_attrs for t in ahead) >= total:
+            if active((*counted, TrialState.WAITING), below=trial.number)[0] >= total:
                 trial.set_user_attr("over_budget", True)
                 raise optuna.TrialPruned("over budget")
         x = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
@@ -123,9 +138,9 @@ def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float, e
     got: list[optuna.trial.FrozenTrial] = []
     while True:
         try:
-            active = [t for t in study.get_trials(deepcopy=False, states=counted) if "over_budget" not in t.user_attrs]
-            if len(active) >= total:
-                if sum(t.state != TrialState.RUNNING for t in active) >= total:
+            n_active, n_finished = active(counted)
+            if n_active >= total:
+                if n_finished >= total:
                     break
                 time.sleep(0.05 if not epochs else 0.5)
                 continue
@@ -241,6 +256,7 @@ def run(url: str, workers: int, total: int, heartbeat: int, sleep: float, epochs
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     return {
         "complete": complete, "trials": len(trials), "wall_s": wall, "trials_per_s": complete / wall,
+        "steady_per_s": steady_rate(trials, t0, t0 + wall, sleep if epochs else 0.0),
         "errors": sum(r["errors"] for r in reports), "samples": [s for r in reports for s in r["samples"]][:5],
         "running_left": sum(t.state == optuna.trial.TrialState.RUNNING for t in trials),
         # budget trials that did not complete: stuck RUNNING, failed, or never written
@@ -248,6 +264,19 @@ def run(url: str, workers: int, total: int, heartbeat: int, sleep: float, epochs
         "client_cpu_ms": 1000 * sum(r["cpu_s"] for r in reports) / max(1, complete),
         "server_cpu_ms": 1000 * server.seconds / max(1, complete),
     }
+
+
+def steady_rate(trials: list, start: float, end: float, trial_s: float) -> float:
+    """Trials completed per second while every worker is busy: from one trial time after the
+    start (each worker's first trial ends) to one trial time before the end (workers run out
+    of budget one by one: the drain of a finite budget, not the storage). The whole run's
+    rate is also reported; 0 where the window is shorter than one trial time."""
+    lo, hi = start + trial_s, end - trial_s
+    if hi - lo < max(trial_s, 1e-9):
+        return 0.0
+    done = [t.datetime_complete.timestamp() for t in trials
+            if t.state.name == "COMPLETE" and t.datetime_complete is not None]
+    return sum(lo <= x < hi for x in done) / (hi - lo)
 
 
 # --------------------------------------------------------------------------- real trials
@@ -283,10 +312,8 @@ class StorageCpu:
         return timed
 
     def __enter__(self) -> StorageCpu:
-        from optuna.storages import BaseStorage
-
-        names = {n for n in dir(BaseStorage) if not n.startswith("__")}
-        names |= {"record_heartbeat", "get_heartbeat_interval", "get_study_user_attr"}
+        # every public method (atml's own ones, such as batched writes and counts, included)
+        names = {n for n in dir(self.cls) if not n.startswith("_")}
         names.add("_get_stale_trial_ids")  # Optuna's heartbeat interface, called by fail_stale_trials
         for n in sorted(names):
             fn = getattr(self.cls, n, None)
@@ -368,14 +395,14 @@ def print_load(args: argparse.Namespace, rows: list[dict]) -> None:
           + (f"{args.epochs} epochs per trial" if io else f"budget {rows[0]['budget']} trials, objective "
                                                           f"{args.sleep * 1000:.0f} ms"))
     print(f"{'backend':10s} " + (f"{'trial s':>7s} {'budget':>6s} {'ideal/s':>7s} " if io else "")
-          + f"{'complete':>8s} {'wall s':>7s} {'trials/s':>9s} " + (f"{'x ideal':>7s} " if io else "")
+          + f"{'complete':>8s} {'wall s':>7s} {'trials/s':>9s} " + (f"{'x ideal':>7s} {'x steady':>8s} " if io else "")
           + f"{'errors':>6s} {'lost':>4s} {'running':>7s} {'CPU ms/trial (workers + server)':>32s}")
     for r in rows:
         cpu = f"{r['client_cpu_ms'] + r['server_cpu_ms']:.0f} ({r['client_cpu_ms']:.0f} + {r['server_cpu_ms']:.0f})"
         ideal = args.workers / r["trial_s"] if io else 0.0
         print(f"{r['backend']:10s} " + (f"{r['trial_s']:7.2f} {r['budget']:6d} {ideal:7.1f} " if io else "")
               + f"{r['complete']:8d} {r['wall_s']:7.1f} {r['trials_per_s']:9.2f} "
-              + (f"{r['trials_per_s'] / ideal:7.2f} " if io else "")
+              + (f"{r['trials_per_s'] / ideal:7.2f} {r['steady_per_s'] / ideal:8.2f} " if io else "")
               + f"{r['errors']:6d} {r['lost']:4d} {r['running_left']:7d} {cpu:>32s}")
         for s in r["samples"]:
             print(f"    {s}")
@@ -390,7 +417,9 @@ def main() -> None:
     ap.add_argument("--mode", choices=["cpu", "io", "trial"], default="cpu")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--trials", type=int, default=None,
-                    help="global budget per back-end (cpu: 400; io: 6 per worker; trial: 6)")
+                    help="global budget per back-end (cpu: 400; io: --per-worker each; trial: 6)")
+    ap.add_argument("--per-worker", type=int, default=12,
+                    help="io mode: budget per worker when --trials is not given (the drain at the end weighs 1/N)")
     ap.add_argument("--heartbeat", type=int, default=None,
                     help="heartbeat interval, seconds (cpu: 1; io: 10, atml's default)")
     ap.add_argument("--sleep", type=float, default=0.01, help="cpu mode: objective time, seconds")
@@ -424,7 +453,7 @@ def main() -> None:
 
     for backend in args.backends:
         for seconds in (args.trial_seconds if args.mode == "io" else [args.sleep]):
-            total = args.trials or (400 if args.mode == "cpu" else 6 * args.workers)
+            total = args.trials or (400 if args.mode == "cpu" else args.per_worker * args.workers)
             with backend_url(backend, args.pg) as (url, admin, db, _):
                 epochs = args.epochs if args.mode == "io" else 0
                 res = run(url, args.workers, total, args.heartbeat, seconds, epochs, admin, db)

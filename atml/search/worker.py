@@ -36,6 +36,7 @@ from atml.storage import (
     study_names,
     worker_id,
 )
+from atml.storage.resilient import study_user_attrs, trial_counts
 from atml.train import Interrupted, TrainConfig
 from atml.trial import DataVariants, Objective, data_spec, prepare_data
 
@@ -97,8 +98,12 @@ def load_study_space(storage: Any, name: str) -> SearchSpace:
 
 
 def budget_left(study: optuna.Study, space: SearchSpace) -> tuple[bool, str | None]:
-    """Whether another trial may start, and if not, why the study is over."""
-    attrs = study.user_attrs
+    """Whether another trial may start, and if not, why the study is over.
+
+    Asked before every trial by every worker: it reads the two attributes it needs and
+    counts trials in the database (no trial is loaded), so its cost does not grow with the
+    number of workers or trials."""
+    attrs = study_user_attrs(study, (records.STOP, records.DEADLINE))
     stopped = records.stop_reason(attrs)
     if stopped:
         return False, stopped
@@ -107,15 +112,14 @@ def budget_left(study: optuna.Study, space: SearchSpace) -> tuple[bool, str | No
         return False, f"timeout reached ({space.budget.timeout:g} s)"
     n = space.budget.n_trials
     if n is not None:
-        trials = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING))
-        skipped = sum(records.was_skipped(t) for t in trials)
-        trials = [t for t in trials if not records.was_skipped(t)]
-        done = sum(t.state in COUNTED for t in trials)
+        counts = trial_counts(study, (*COUNTED, TrialState.RUNNING), records.SKIPPED)
+        skipped = sum(f for _, f in counts.values())
+        done = sum(c - f for s, (c, f) in counts.items() if s in COUNTED)
         if done >= n:
             return False, f"n_trials reached ({n})"
         if skipped > 10 * n + 50:
             return False, f"avoid list covers the space: {skipped} sampled points skipped"
-        if len(trials) >= n:
+        if sum(c - f for c, f in counts.values()) >= n:
             return False, None  # the rest of the budget is running elsewhere
     return True, None
 
@@ -187,13 +191,13 @@ def run_worker(opts: WorkerOptions, stop: StopFlag | None = None) -> int:
     objective = Objective(space, data, opts.artifacts, should_stop=stop, artifact_store=opts.artifact_store)
 
     def guarded(trial: optuna.Trial) -> float:
-        trial.set_user_attr(records.WORKER, worker_id())
-        trial.set_user_attr(records.DEVICE, device_label)
+        records.set_attrs(trial, {records.WORKER: worker_id(), records.DEVICE: device_label})
         n = space.budget.n_trials
         if n is not None:
             # WAITING too: a retry of a dead worker's trial queued before this one will run.
-            ahead = study.get_trials(deepcopy=False, states=(*COUNTED, TrialState.RUNNING, TrialState.WAITING))
-            if sum(t.number < trial.number and not records.was_skipped(t) for t in ahead) >= n:
+            ahead = trial_counts(study, (*COUNTED, TrialState.RUNNING, TrialState.WAITING), records.SKIPPED,
+                                 below=trial.number)
+            if sum(c - f for c, f in ahead.values()) >= n:
                 records.set_reason(trial, f"{OVER_BUDGET}: the last slot was taken by another worker")
                 raise OverBudget(f"trial {trial.number} is past the budget of {n}")
         try:

@@ -3,7 +3,8 @@
 Submodules: :mod:`~atml.storage.urls` (URLs, SQLite/PostgreSQL preparation),
 :mod:`~atml.storage.retry` (transient errors, backoff), :mod:`~atml.storage.resilient`
 (the wrapper every opened storage is), :mod:`~atml.storage.open` (``open_storage``),
-:mod:`~atml.storage.finished` (finished trials read incrementally),
+:mod:`~atml.storage.finished` (finished trials read incrementally), :mod:`~atml.storage.lean`
+(one-statement trial writes and budget counts),
 :mod:`~atml.storage.proxy` (gRPC proxy server and its stale-trial sweep), :mod:`~atml.storage.listing`,
 :mod:`~atml.storage.backup` (consistent copies, WAL checkpoints) and
 :mod:`~atml.storage.optuna_internals` (the one adapter over Optuna's private ids).

@@ -24,16 +24,25 @@ from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["BaseHeartbeat", "FrozenStudy", "trial_id", "study_id", "study_storage", "cached", "rdb_models",
-           "rdb_trials"]
+           "rdb_trials", "remember_user_attrs"]
 
 
-def trial_id(t: FrozenTrial) -> int:
+def trial_id(t: FrozenTrial | optuna.Trial) -> int:
     """The storage's id of a trial (not its number within the study).
 
     Every ``BaseStorage`` trial method takes this id, but ``FrozenTrial`` exposes only
     ``number``; mapping the number back costs a storage query per trial
     (``get_trial_id_from_study_id_trial_number``)."""
     return t._trial_id
+
+
+def remember_user_attrs(trial: optuna.Trial, attrs: dict) -> None:
+    """Make a live trial's ``user_attrs`` show ``attrs``, written to its storage in one call.
+
+    ``Trial.set_user_attr`` writes one attribute and updates the trial's private copy of
+    itself (``_cached_frozen_trial``), which ``Trial.user_attrs`` reads; a write of several
+    at once must update that copy the same way."""
+    trial._cached_frozen_trial.user_attrs.update(attrs)
 
 
 def study_id(s: Study | FrozenStudy) -> int:

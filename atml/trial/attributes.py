@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from atml import records
 from atml.train import TrainResult
 
 __all__ = [
@@ -61,11 +62,7 @@ def history(trial: Any) -> list[dict[str, float]]:
 def record_result(trial: Any, res: TrainResult, metrics: dict[str, float], epochs: list[dict[str, float]],
                   checkpoint: str, trial_seconds: float) -> None:
     """What a trained trial keeps: its metrics, epochs, history, checkpoint and timings."""
-    trial.set_user_attr(METRICS, metrics)
-    trial.set_user_attr(BEST_EPOCH, res.best_epoch)
-    trial.set_user_attr(EPOCHS_RUN, res.epochs_run)
-    trial.set_user_attr(STOPPED_EARLY, res.stopped_early)
-    record_history(trial, epochs)
-    trial.set_user_attr(CHECKPOINT, checkpoint)
-    trial.set_user_attr(EPOCH_SECONDS, round(res.epoch_seconds, 3))
-    trial.set_user_attr(TRIAL_SECONDS, round(trial_seconds, 3))
+    records.set_attrs(trial, {
+        METRICS: metrics, BEST_EPOCH: res.best_epoch, EPOCHS_RUN: res.epochs_run, STOPPED_EARLY: res.stopped_early,
+        HISTORY: epochs, CHECKPOINT: checkpoint, EPOCH_SECONDS: round(res.epoch_seconds, 3),
+        TRIAL_SECONDS: round(trial_seconds, 3)})

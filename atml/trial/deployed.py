@@ -40,6 +40,7 @@ import numpy as np
 import optuna
 import torch
 
+from atml import records
 from atml.config import SearchSpace
 from atml.config.study_rules import (
     DEPLOYED_FIGURES,
@@ -172,12 +173,11 @@ def measure(trial: optuna.Trial, space: SearchSpace, d: PreparedData, model: tor
         info["post_training_int8"] = {k.removeprefix("int8_"): round(v, 6) for k, v in ptq.items()}
     lat = measure_latency(blob, sample[:_LATENCY_SEGMENTS], batch=1, runs=LATENCY_RUNS, warmup=LATENCY_WARMUP)
     sizes = {"int8_kb": len(blob) / 1024.0, "latency_ms": round(float(lat["p50_ms"]), 4)}
-    trial.set_user_attr(attributes.INT8_KB, sizes["int8_kb"])
-    trial.set_user_attr(attributes.LATENCY_MS, sizes["latency_ms"])
-    trial.set_user_attr(attributes.DEPLOYED, {
+    records.set_attrs(trial, {attributes.INT8_KB: sizes["int8_kb"], attributes.LATENCY_MS: sizes["latency_ms"],
+                              attributes.DEPLOYED: {
         **info, "latency": {"batch": 1, "threads": 1, "runs": LATENCY_RUNS, "warmup": LATENCY_WARMUP,
                             "p50_ms": sizes["latency_ms"], "p95_ms": round(float(lat["p95_ms"]), 4)},
-        "seconds": round(time.perf_counter() - t0, 3)})
+        "seconds": round(time.perf_counter() - t0, 3)}})
     # A named figure the task does not define (the spread over subjects outside binary tasks) is NaN.
     metrics.update({k: math.nan for k in wanted(space) if k in INT8_METRICS and k not in metrics})
     figures = {**metrics, **sizes}

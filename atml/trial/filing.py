@@ -90,6 +90,5 @@ def file_trial(trial: optuna.Trial, space: SearchSpace, trained: Trained, lo: fl
     g.record_folder(study, {"trial": trial.number, "folder": folder.name, "lo": lo, "hi": hi,
                             "metrics": {k: metrics[k] for k in gate.metrics}, "files": sorted(writers),
                             "artifacts": ids})
-    trial.set_user_attr(attributes.GATE_RESULT, f"filed {folder.name}")
-    trial.set_user_attr(attributes.GATE_FOLDER, folder.name)
+    records.set_attrs(trial, {attributes.GATE_RESULT: f"filed {folder.name}", attributes.GATE_FOLDER: folder.name})
     g.enforce_keep(study, gate_dir, gate.keep)

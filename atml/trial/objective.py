@@ -69,7 +69,8 @@ class Objective:
         st = self.space.study
         config = self.space.suggest(trial)
         params = config.as_dict()  # the plain form the checkpoint and the gate folder store
-        trial.set_user_attr(records.WORKER, worker_id())
+        if records.WORKER not in trial.user_attrs:  # a worker recorded itself (and its device) already
+            trial.set_user_attr(records.WORKER, worker_id())
         screen.check_avoid(trial, self.space, self.param_index)
         seed = trial_seed(st.seed, trial.number)
         torch.manual_seed(seed)

@@ -49,11 +49,10 @@ def check_size(trial: optuna.Trial, space: SearchSpace, model: torch.nn.Module, 
     multiply-accumulates (``max_macs``). Returns ``(parameters, ONNX KB)``.
     """
     n_params = count_parameters(model)
-    trial.set_user_attr(attributes.N_PARAMS, n_params)
     macs = count_macs(model, d.n_leads, d.n_samples)
-    trial.set_user_attr(attributes.MACS, macs)
     onnx_kb = onnx_size_kb(model, d.n_leads, d.n_samples)
-    trial.set_user_attr(attributes.ONNX_KB, round(onnx_kb, 2))
+    records.set_attrs(trial, {attributes.N_PARAMS: n_params, attributes.MACS: macs,
+                              attributes.ONNX_KB: round(onnx_kb, 2)})
     cap = space.gate.max_onnx_kb
     if cap is not None and onnx_kb > cap:
         skip(trial, f"size limit: ONNX {onnx_kb:.1f} KB > max_onnx_kb {cap:g}", avoid=True)

@@ -1,0 +1,192 @@
+"""A trial's hot-path writes and the budget count, each one short SQL statement on a database.
+
+Every epoch of every trial reports an intermediate value, and a trained trial records a
+dozen attributes. Through Optuna's ``RDBStorage`` each such write is an ORM session of its
+own: load the trial row, check it is still running, look the old row up, add or update it,
+commit. That is 3-4 ms of the worker's CPU per write, and with a few dozen writes per trial
+it was most of a trial's storage cost. Here the same write is a statement on SQLAlchemy
+Core in one transaction: read the trial's state (the same "finished trials cannot be
+updated" check, raising the same errors), then one upsert, for any number of attributes.
+A parameter is checked against the distribution the study first stored for it, as Optuna
+checks it, that distribution read once per process.
+
+The budget checks (done, running, skipped trials) were reads of every running trial in
+full through Optuna's cache, once per trial and per worker: with W workers that is W
+trials loaded per check. :meth:`LeanSQL.trial_counts` counts them in the database instead.
+
+Only PostgreSQL and SQLite (3.24+, for its upsert) take this path: :func:`lean_sql` gives
+None for any other back-end, whose storage keeps Optuna's own calls. The tables, columns
+and value encodings are Optuna's own (:func:`~atml.storage.optuna_internals.rdb_models`),
+so Optuna reads what is written here exactly as if it had written it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from optuna import distributions
+from optuna.distributions import BaseDistribution
+from optuna.exceptions import StorageInternalError
+from optuna.trial import FrozenTrial, TrialState
+
+from atml.storage.optuna_internals import rdb_models
+
+__all__ = ["LeanSQL", "lean_sql"]
+
+
+def lean_sql(backend: Any) -> LeanSQL | None:
+    """A :class:`LeanSQL` over ``backend`` (an ``RDBStorage``); None where it does not apply
+    (a gRPC proxy client, a back-end other than PostgreSQL and SQLite 3.24+)."""
+    engine = getattr(backend, "engine", None)
+    if engine is None:
+        return None
+    name = engine.dialect.name
+    if name == "postgresql" or (name == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0)):
+        return LeanSQL(backend)
+    return None
+
+
+class LeanSQL:
+    """Hot-path writes and counts on Optuna's tables of the ``RDBStorage`` ``backend``."""
+
+    def __init__(self, backend: Any) -> None:
+        import sqlalchemy as sa
+
+        self.backend = backend
+        m = rdb_models()
+        self.trials = m.TrialModel.__table__
+        self.user_attrs = m.TrialUserAttributeModel.__table__
+        self.values = m.TrialIntermediateValueModel.__table__
+        self.params = m.TrialParamModel.__table__
+        self._m = m
+        self._known: dict[tuple[int, str], BaseDistribution] = {}  # (study id, parameter): its distribution
+        self._stored_repr = m.TrialIntermediateValueModel.intermediate_value_to_stored_repr
+        # Built once with bound parameters: SQLAlchemy then compiles each statement once per
+        # process (a statement built per call is compiled per call, most of its CPU).
+        if backend.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        t, p = self.trials, self.params
+        self._state = sa.select(t.c.state, t.c.study_id).where(t.c.trial_id == sa.bindparam("trial_id"))
+        self._first_param = (sa.select(p.c.distribution_json).join(t, t.c.trial_id == p.c.trial_id)
+                             .where(t.c.study_id == sa.bindparam("study_id"), p.c.param_name == sa.bindparam("name"))
+                             .limit(1))
+        self._set_param = insert(p).on_conflict_do_nothing(index_elements=["trial_id", "param_name"])
+        tid = sa.bindparam("trial_id")
+        v, u, y = m.TrialValueModel.__table__, self.user_attrs, m.TrialSystemAttributeModel.__table__
+        iv = self.values
+        self._read = (
+            sa.select(t.c.number, t.c.state, t.c.datetime_start, t.c.datetime_complete).where(t.c.trial_id == tid),
+            sa.select(v.c.objective, v.c.value, v.c.value_type).where(v.c.trial_id == tid).order_by(v.c.objective),
+            sa.select(p.c.param_name, p.c.param_value, p.c.distribution_json).where(p.c.trial_id == tid)
+            .order_by(p.c.param_id),
+            sa.select(u.c.key, u.c.value_json).where(u.c.trial_id == tid).order_by(u.c.trial_user_attribute_id),
+            sa.select(y.c.key, y.c.value_json).where(y.c.trial_id == tid).order_by(y.c.trial_system_attribute_id),
+            sa.select(iv.c.step, iv.c.intermediate_value, iv.c.intermediate_value_type).where(iv.c.trial_id == tid)
+            .order_by(iv.c.step),
+        )
+        ins = insert(self.user_attrs)
+        self._set_attrs = ins.on_conflict_do_update(index_elements=["trial_id", "key"],
+                                                    set_={"value_json": ins.excluded.value_json})
+        ins = insert(self.values)
+        self._set_value = ins.on_conflict_do_update(
+            index_elements=["trial_id", "step"],
+            set_={"intermediate_value": ins.excluded.intermediate_value,
+                  "intermediate_value_type": ins.excluded.intermediate_value_type})
+
+    @contextmanager
+    def _write(self, trial_id: int) -> Iterator[Any]:
+        """One transaction on a trial that must exist and be running (or waiting): yields
+        the connection and the trial's study id.
+
+        Errors as Optuna's: KeyError for an unknown trial, UpdateFinishedTrialError for a
+        finished one, and a database error wrapped in StorageInternalError (its cause kept,
+        so a transient one is still retried)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with self.backend.engine.begin() as con:
+                row = con.execute(self._state, {"trial_id": trial_id}).first()
+                if row is None:
+                    raise KeyError(f"No trial with trial_id {trial_id} exists.")
+                self.backend.check_trial_is_updatable(trial_id, row[0])
+                yield con, row[1]
+        except SQLAlchemyError as e:
+            raise StorageInternalError(f"writing trial id {trial_id} failed: {type(e).__name__}") from e
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
+        """Set several user attributes of a running trial in one transaction."""
+        if not attrs:
+            return
+        rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+        with self._write(trial_id) as (con, _):
+            con.execute(self._set_attrs, rows)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
+        """Report a running trial's value at ``step`` (a second report of a step replaces it)."""
+        stored, kind = self._stored_repr(value)
+        row = {"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind}
+        with self._write(trial_id) as (con, _):
+            con.execute(self._set_value, row)
+
+    def set_trial_param(self, trial_id: int, name: str, value: float, distribution: BaseDistribution) -> None:
+        """Record a running trial's parameter, as Optuna does: its distribution must be
+        compatible with the one the study's first trial with that parameter stored (read
+        once per study and parameter in this process), and a second write of it is ignored."""
+        with self._write(trial_id) as (con, study_id):
+            known = self._known.get((study_id, name))
+            if known is None:
+                stored = con.execute(self._first_param, {"study_id": study_id, "name": name}).scalar()
+                known = distributions.json_to_distribution(stored) if stored is not None else None
+            if known is not None:
+                distributions.check_distribution_compatibility(known, distribution)
+            con.execute(self._set_param, {"trial_id": trial_id, "param_name": name, "param_value": value,
+                                          "distribution_json": distributions.distribution_to_json(distribution)})
+        self._known.setdefault((study_id, name), known or distribution)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        """The trial as ``RDBStorage.get_trial`` builds it (KeyError when there is none), read
+        with six small statements on one connection instead of ORM objects and their lazy loads."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        m, arg = self._m, {"trial_id": trial_id}
+        try:
+            with self.backend.engine.connect() as con:
+                head = con.execute(self._read[0], arg).first()
+                if head is None:
+                    raise KeyError(f"No trial with trial_id {trial_id} exists.")
+                values, params, user, system, inter = (con.execute(q, arg).all() for q in self._read[1:])
+        except SQLAlchemyError as e:
+            raise StorageInternalError(f"reading trial id {trial_id} failed: {type(e).__name__}") from e
+        dists = {name: distributions.json_to_distribution(d) for name, _, d in params}
+        return FrozenTrial(
+            number=head.number, state=head.state, value=None,
+            values=[m.TrialValueModel.stored_repr_to_value(x, kind) for _, x, kind in values] or None,
+            datetime_start=head.datetime_start, datetime_complete=head.datetime_complete,
+            params={name: dists[name].to_external_repr(x) for name, x, _ in params}, distributions=dists,
+            user_attrs={k: json.loads(x) for k, x in user}, system_attrs={k: json.loads(x) for k, x in system},
+            intermediate_values={step: m.TrialIntermediateValueModel.stored_repr_to_intermediate_value(x, kind)
+                                 for step, x, kind in inter},
+            trial_id=trial_id,
+        )
+
+    def trial_counts(self, study_id: int, states: Iterable[TrialState], flag: str,
+                     below: int | None = None) -> dict[TrialState, tuple[int, int]]:
+        """Per state: how many trials of the study are in it, and how many of those carry
+        the user attribute ``flag`` set to true; ``below``: only trials numbered lower."""
+        import sqlalchemy as sa
+
+        t, a = self.trials, self.user_attrs
+        flagged = sa.exists().where(a.c.trial_id == t.c.trial_id, a.c.key == flag, a.c.value_json == "true")
+        cond = [t.c.study_id == study_id, t.c.state.in_(list(states))]
+        if below is not None:
+            cond.append(t.c.number < below)
+        q = (sa.select(t.c.state, sa.func.count(), sa.func.sum(sa.case((flagged, 1), else_=0)))
+             .where(*cond).group_by(t.c.state))
+        with self.backend.engine.connect() as con:
+            return {state: (int(n), int(f or 0)) for state, n, f in con.execute(q)}
