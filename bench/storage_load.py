@@ -17,8 +17,8 @@ reported to the (median) pruner and followed by the study-stop check every atml 
 makes. The ideal is ``workers / trial-seconds`` trials per second; the figure of merit is
 measured / ideal, with no errors and no lost trial (budget - completed), over the whole run
 ("x ideal", which includes the drain at the end: with a finite budget some workers finish
-their last trial while others still run theirs) and while every worker is busy ("x
-steady", see :func:`steady_rate`). Several ``--trial-seconds`` values sweep the load, to
+their last trial while others still run theirs) and per worker up to its own last trial
+("x steady", see :func:`steady_rate`). Several ``--trial-seconds`` values sweep the load, to
 find where a back-end stops keeping up.
 
 ``--mode trial``: one `atml worker` (in this process) runs ``--trials`` real 10-epoch
@@ -256,7 +256,7 @@ def run(url: str, workers: int, total: int, heartbeat: int, sleep: float, epochs
     complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     return {
         "complete": complete, "trials": len(trials), "wall_s": wall, "trials_per_s": complete / wall,
-        "steady_per_s": steady_rate(trials, t0, t0 + wall, sleep if epochs else 0.0),
+        "steady_per_s": steady_rate(trials, t0),
         "errors": sum(r["errors"] for r in reports), "samples": [s for r in reports for s in r["samples"]][:5],
         "running_left": sum(t.state == optuna.trial.TrialState.RUNNING for t in trials),
         # budget trials that did not complete: stuck RUNNING, failed, or never written
@@ -266,17 +266,21 @@ def run(url: str, workers: int, total: int, heartbeat: int, sleep: float, epochs
     }
 
 
-def steady_rate(trials: list, start: float, end: float, trial_s: float) -> float:
-    """Trials completed per second while every worker is busy: from one trial time after the
-    start (each worker's first trial ends) to one trial time before the end (workers run out
-    of budget one by one: the drain of a finite budget, not the storage). The whole run's
-    rate is also reported; 0 where the window is shorter than one trial time."""
-    lo, hi = start + trial_s, end - trial_s
-    if hi - lo < max(trial_s, 1e-9):
-        return 0.0
-    done = [t.datetime_complete.timestamp() for t in trials
-            if t.state.name == "COMPLETE" and t.datetime_complete is not None]
-    return sum(lo <= x < hi for x in done) / (hi - lo)
+def steady_rate(trials: list, start: float) -> float:
+    """Trials per second with the drain of a finite budget left out: each worker's completed
+    trials over the time from the start to its own last completion, summed over workers.
+    At the end of a run workers run out of budget one by one and wait for the others' last
+    trials; that idle time is the budget's, not the storage's. The whole run's rate (complete
+    over wall time, the drain included) is reported beside it."""
+    last: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for t in trials:
+        w = t.user_attrs.get("worker")
+        if t.state.name != "COMPLETE" or t.datetime_complete is None or w is None:
+            continue
+        last[w] = max(last.get(w, start), t.datetime_complete.timestamp())
+        count[w] = count.get(w, 0) + 1
+    return sum(n / (last[w] - start) for w, n in count.items() if last[w] > start)
 
 
 # --------------------------------------------------------------------------- real trials

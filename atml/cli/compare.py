@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from atml.cli.common import Command
+from atml.cli.common import Command, add_device_arg
 
 __all__ = ["COMPARE"]
 
@@ -24,6 +24,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metric", default="f1", help="per-fold metric compared (default %(default)s)")
     p.add_argument("--cache", default="studies/cache", help="preprocessed-data cache (default %(default)s)")
     p.add_argument("--json", type=Path, default=None, help="also write everything to this JSON file")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="score the two sides side by side in 2 processes, the CPU cores shared (default %(default)s)")
+    add_device_arg(p, "train both sides")
 
 
 def _handler(args: argparse.Namespace) -> int:
@@ -31,17 +34,25 @@ def _handler(args: argparse.Namespace) -> int:
 
     import optuna
 
-    from atml.search.compare import Side, compare, read_params, score_side
+    from atml.device import describe, resolve_device
+    from atml.errors import SpaceError
+    from atml.search.compare import Side, compare, read_params, score_sides
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per side, then the table
     logging.getLogger("atml").setLevel(logging.WARNING)
+    if args.jobs < 1:
+        raise SpaceError(f"--jobs must be >= 1 (got {args.jobs})")
+    device = resolve_device(args.device)  # a missing device: one line, exit 2, before any training
 
-    sides = []
-    for tag, space, params in (("A", args.space_a, args.params_a), ("B", args.space_b, args.params_b)):
-        side = Side(space, read_params(params) if params else {}, name=f"{tag} ({space.stem})")
-        print(f"scoring {side.name}: {args.folds} subject folds x {args.repeats} ...", flush=True)
-        sides.append(score_side(side, folds=args.folds, repeats=args.repeats, seed=args.seed,
-                                test_fraction=args.test_fraction, cache=args.cache))
+    sides = [Side(space, read_params(params) if params else {}, name=f"{tag} ({space.stem})")
+             for tag, space, params in (("A", args.space_a, args.params_a), ("B", args.space_b, args.params_b))]
+
+    def started(side: Side) -> None:
+        print(f"scoring {side.name}: {args.folds} subject folds x {args.repeats} on {describe(device)} ...",
+              flush=True)
+
+    sides = score_sides(sides, jobs=args.jobs, on_start=started, folds=args.folds, repeats=args.repeats,
+                        seed=args.seed, test_fraction=args.test_fraction, cache=args.cache, device=device)
     c = compare(*sides, metric=args.metric)
     m = args.metric
     print(f"\nfold  held-out subjects              A {m:8s} B {m:8s} B - A")

@@ -24,7 +24,7 @@ from atml.errors import SpaceError
 from atml.search.strategy import make_sampler
 from atml.trial import DataVariants, Objective, data_spec, prepare_data
 
-__all__ = ["Side", "Comparison", "read_params", "score_side", "compare"]
+__all__ = ["Side", "Comparison", "read_params", "score_side", "score_sides", "compare"]
 
 
 @dataclass
@@ -88,11 +88,17 @@ def _cv_space(path: Path, folds: int, repeats: int, seed: int, test_fraction: fl
 
 
 def score_side(side: Side, *, folds: int, repeats: int, seed: int, test_fraction: float | None,
-               cache: str | Path) -> Side:
-    """Cross-validate ``side``'s configuration; fills its metrics, folds and subjects."""
+               cache: str | Path, device: str = "cpu", threads: int | None = None) -> Side:
+    """Cross-validate ``side``'s configuration on ``device`` (a resolved device: ``cpu``,
+    ``cuda:0``, ...); fills its metrics, folds and subjects. ``threads``: torch's CPU threads
+    (None: torch's default), for sides scored side by side."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     space = _cv_space(side.space_path, folds, repeats, seed, test_fraction)
-    data = (DataVariants(space.data, None, cache) if space.data_params
-            else prepare_data(data_spec(space.data), cache))
+    data = (DataVariants(space.data, None, cache, device=device) if space.data_params
+            else prepare_data(data_spec(space.data), cache, device))
     study = optuna.create_study(directions=[dr for _, dr in space.study.all_objectives],
                                 sampler=make_sampler(space.study))
     names = {p.name for p in space.params}
@@ -112,6 +118,32 @@ def score_side(side: Side, *, folds: int, repeats: int, seed: int, test_fraction
     side.seconds = float(t.user_attrs.get("trial_seconds", 0.0))
     side.name = side.name or side.space_path.stem
     return side
+
+
+def score_sides(sides: list[Side], *, jobs: int = 1, on_start: Any = None, **kw: Any) -> list[Side]:
+    """:func:`score_side` for each side, ``jobs`` at a time (separate processes, the CPU cores
+    shared out between them); ``on_start(side)`` as each starts. Same figures as one at a
+    time: every trial's seed comes from the space, not from the order."""
+    if jobs <= 1 or len(sides) < 2:
+        out = []
+        for side in sides:
+            if on_start:
+                on_start(side)
+            out.append(score_side(side, **kw))
+        return out
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = min(jobs, len(sides))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = []
+        for side in sides:
+            if on_start:
+                on_start(side)
+            futures.append(pool.submit(score_side, side, threads=threads, **kw))
+        return [f.result() for f in futures]
 
 
 def compare(a: Side, b: Side, metric: str = "f1") -> Comparison:

@@ -55,9 +55,10 @@ class FinishedTrials:
     """Finished trials per study of the RDB storage ``backend`` (behind Optuna's cache ``store``),
     re-read at most every ``refresh_every`` seconds (0: at every call)."""
 
-    def __init__(self, store: BaseStorage, backend: Any, refresh_every: float = 0.0) -> None:
+    def __init__(self, store: BaseStorage, backend: Any, refresh_every: float = 0.0, lean: Any = None) -> None:
         self.store = store
         self.backend = backend
+        self.lean = lean  # a LeanSQL over ``backend``: trials read with six statements, not Optuna's ORM
         self.refresh_every = refresh_every
         self._studies: dict[int, _Study] = {}
         self._lock = threading.Lock()
@@ -126,7 +127,7 @@ class FinishedTrials:
                     waiting.append(tid)
             elif tid not in s.finished:
                 done.append(tid)
-        got = rdb_trials(self.backend, study_id, done, _FINISHED) if done else []
+        got = self._load(study_id, done) if done else []
         for trial in got:
             tid = trial_id(trial)
             s.finished[tid] = trial
@@ -136,8 +137,14 @@ class FinishedTrials:
         if got:
             s.ordered = None
 
+    def _load(self, study_id: int, ids: list[int]) -> list[FrozenTrial]:
+        """The trials ``ids`` in full (finished ones: they are known to be)."""
+        if self.lean is not None:
+            return [t for t in self.lean.get_trials(ids) if t.state in _FINISHED]
+        return rdb_trials(self.backend, study_id, ids, _FINISHED)
+
     def __getstate__(self) -> dict[str, Any]:  # storages are pickled; the views are rebuilt
-        return {"store": self.store, "backend": self.backend, "refresh_every": self.refresh_every}
+        return {"store": self.store, "backend": self.backend, "refresh_every": self.refresh_every, "lean": self.lean}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["store"], state["backend"], state["refresh_every"])
+        self.__init__(state["store"], state["backend"], state["refresh_every"], state.get("lean"))

@@ -77,9 +77,9 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
         self._store = cached(backend)
         self._hb_logged: float | None = None
         self._relay = relay_heartbeat if not isinstance(self._store, BaseHeartbeat) else None
-        self._finished = (FinishedTrials(self._store, backend, refresh_every=finished_lag)
+        self._lean = lean_sql(backend)  # one-statement writes, reads and counts (PostgreSQL, SQLite)
+        self._finished = (FinishedTrials(self._store, backend, refresh_every=finished_lag, lean=self._lean)
                           if getattr(backend, "engine", None) is not None else None)
-        self._lean = lean_sql(backend)  # one-statement writes and counts (PostgreSQL, SQLite)
 
     @property
     def engine(self) -> Any:

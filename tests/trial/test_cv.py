@@ -234,3 +234,31 @@ def test_compare_pairs_two_configurations_on_the_same_folds(txt_sample, tmp_path
     r = subprocess.run([*atml_cmd, "compare", str(pa), str(pb), "--params-b", str(params), "--folds", "3",
                         "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "not in this space: train.nope" in r.stderr.strip().splitlines()[-1]
+
+
+def test_compare_scores_the_two_sides_side_by_side(txt_sample, tmp_path, atml_cmd):
+    """``--jobs 2`` scores A and B in two processes at once: the same folds and the same figures
+    as one after the other; a device the machine lacks is one line, exit 2, nothing written."""
+    pa, pb = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a = _space(txt_sample)
+    a["train"]["lr"] = 0.002
+    pa.write_text(yaml.safe_dump(a))
+    pb.write_text(yaml.safe_dump(_space(txt_sample)))
+    runs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"cmp{jobs}.json"
+        r = subprocess.run([*atml_cmd, "compare", str(pa), str(pb), "--folds", "3", "--jobs", jobs, "--device", "cpu",
+                            "--cache", str(tmp_path / "cache"), "--json", str(out)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("on cpu ...") == 2
+        runs[jobs] = json.loads(out.read_text())
+    one, two = runs["1"], runs["2"]
+    for s1, s2 in zip(one["sides"], two["sides"], strict=True):
+        assert [f["held_subjects"] for f in s1["folds"]] == [f["held_subjects"] for f in s2["folds"]]
+        assert [f["f1"] for f in s1["folds"]] == pytest.approx([f["f1"] for f in s2["folds"]], abs=0.02)
+    missing = tmp_path / "none.json"
+    r = subprocess.run([*atml_cmd, "compare", str(pa), str(pb), "--device", "cuda:99", "--json", str(missing),
+                        "--cache", str(tmp_path / "cache")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "cuda" in r.stderr.strip().splitlines()[-1].lower()
+    assert len(r.stderr.strip().splitlines()) == 1 and not missing.exists()
