@@ -61,12 +61,15 @@ HERE = Path(__file__).resolve().parents[1]
 STOP_CHECK_SECONDS = 2.0
 
 
-def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float, epochs: int) -> None:
+def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float, epochs: int,
+          jitter: float = 0.0) -> None:
     """One worker process: wait for 'go' on stdin, run trials until the budget is spent.
 
     ``epochs`` 0: the trivial cpu-mode objective; else ``epochs`` reported steps over
-    ``sleep`` seconds, each with the per-epoch stop check of an atml trial."""
+    ``sleep`` seconds (each trial's drawn uniformly within ``jitter`` of it, seeded by the
+    process), each with the per-epoch stop check of an atml trial."""
     import logging
+    import random
     import warnings
 
     import optuna
@@ -83,6 +86,7 @@ def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float, e
                               sampler=optuna.samplers.RandomSampler(seed=os.getpid()),
                               pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3))
     me = worker_id()
+    rng = random.Random(os.getpid())
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     # the stop check of an atml trial (an older atml, run with PYTHONPATH, read every attribute)
     stopped = getattr(records, "read_stop_reason", None) or (lambda s: records.stop_reason(s.user_attrs))
@@ -114,8 +118,9 @@ def child(url: str, study_name: str, total: int, heartbeat: int, sleep: float, e
             time.sleep(sleep)
             return x * n / k
         checked = -STOP_CHECK_SECONDS
+        seconds = sleep * rng.uniform(1 - jitter, 1 + jitter)  # trials differ in length (mean: ``sleep``)
         for epoch in range(epochs):
-            time.sleep(sleep / epochs)  # training on the accelerator: the CPU is idle
+            time.sleep(seconds / epochs)  # training on the accelerator: the CPU is idle
             trial.report(x * n * (epoch + 1), epoch)
             if time.monotonic() - checked >= STOP_CHECK_SECONDS:  # the stop check of atml.trial.pruning
                 checked = time.monotonic()
@@ -217,7 +222,7 @@ class _ServerCpu:
 
 
 def run(url: str, workers: int, total: int, heartbeat: int, sleep: float, epochs: int = 0,
-        admin: str | None = None, db: str | None = None) -> dict:
+        admin: str | None = None, db: str | None = None, jitter: float = 0.0) -> dict:
     import optuna
 
     from atml.storage import open_storage
@@ -228,7 +233,7 @@ def run(url: str, workers: int, total: int, heartbeat: int, sleep: float, epochs
     optuna.create_study(storage=open_storage(url, create=True), study_name=name)
     optuna.create_study(storage=open_storage(url), study_name=f"{name}-warm")
     procs = [subprocess.Popen([sys.executable, __file__, "--child", url, name, str(total), str(heartbeat), str(sleep),
-                               str(epochs)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                               str(epochs), str(jitter)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(workers)]
     for p in procs:
         assert p.stdout is not None
@@ -396,7 +401,7 @@ def backend_url(backend: str, pg: str) -> Iterator[tuple[str, str | None, str | 
 def print_load(args: argparse.Namespace, rows: list[dict]) -> None:
     io = args.mode == "io"
     print(f"{args.workers} workers, heartbeat {args.heartbeat} s, {os.cpu_count()} CPUs; "
-          + (f"{args.epochs} epochs per trial" if io else f"budget {rows[0]['budget']} trials, objective "
+          + (f"{args.epochs} epochs per trial, length jitter ±{args.jitter:.0%}" if io else f"budget {rows[0]['budget']} trials, objective "
                                                           f"{args.sleep * 1000:.0f} ms"))
     print(f"{'backend':10s} " + (f"{'trial s':>7s} {'budget':>6s} {'ideal/s':>7s} " if io else "")
           + f"{'complete':>8s} {'wall s':>7s} {'trials/s':>9s} " + (f"{'x ideal':>7s} {'x steady':>8s} " if io else "")
@@ -414,14 +419,17 @@ def print_load(args: argparse.Namespace, rows: list[dict]) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        url, study, total, hb, sleep, epochs = sys.argv[2:8]
-        child(url, study, int(total), int(hb), float(sleep), int(epochs))
+        url, study, total, hb, sleep, epochs, jitter = sys.argv[2:9]
+        child(url, study, int(total), int(hb), float(sleep), int(epochs), float(jitter))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=["cpu", "io", "trial"], default="cpu")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--trials", type=int, default=None,
                     help="global budget per back-end (cpu: 400; io: --per-worker each; trial: 6)")
+    ap.add_argument("--jitter", type=float, default=0.0,
+                    help="io mode: each trial's length drawn uniformly within this fraction of --trial-seconds "
+                         "(0: every trial the same length, so the workers ask and tell in lockstep)")
     ap.add_argument("--per-worker", type=int, default=12,
                     help="io mode: budget per worker when --trials is not given (the drain at the end weighs 1/N)")
     ap.add_argument("--heartbeat", type=int, default=None,
@@ -460,7 +468,8 @@ def main() -> None:
             total = args.trials or (400 if args.mode == "cpu" else args.per_worker * args.workers)
             with backend_url(backend, args.pg) as (url, admin, db, _):
                 epochs = args.epochs if args.mode == "io" else 0
-                res = run(url, args.workers, total, args.heartbeat, seconds, epochs, admin, db)
+                res = run(url, args.workers, total, args.heartbeat, seconds, epochs, admin, db,
+                          jitter=args.jitter if args.mode == "io" else 0.0)
             rows.append({"backend": backend, "workers": args.workers, "trial_s": seconds, "budget": total, **res})
     if args.json:
         print(json.dumps(rows, indent=2))

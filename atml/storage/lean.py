@@ -76,7 +76,6 @@ class LeanSQL:
         self._first_param = (sa.select(p.c.distribution_json).join(t, t.c.trial_id == p.c.trial_id)
                              .where(t.c.study_id == sa.bindparam("study_id"), p.c.param_name == sa.bindparam("name"))
                              .limit(1))
-        self._set_param = insert(p).on_conflict_do_nothing(index_elements=["trial_id", "param_name"])
         ids = sa.bindparam("ids", expanding=True)
         v, u, y = m.TrialValueModel.__table__, self.user_attrs, m.TrialSystemAttributeModel.__table__
         iv = self.values
@@ -96,11 +95,32 @@ class LeanSQL:
         ins = insert(self.user_attrs)
         self._set_attrs = ins.on_conflict_do_update(index_elements=["trial_id", "key"],
                                                     set_={"value_json": ins.excluded.value_json})
-        ins = insert(self.values)
+        # A value and a parameter are inserted only if the trial is live, in the same statement
+        # (INSERT ... SELECT ... FROM trials WHERE state is RUNNING or WAITING): one round trip
+        # per epoch; when no row is written, the state is read to raise Optuna's error.
+        ins = insert(self.values).from_select(
+            ["trial_id", "step", "intermediate_value", "intermediate_value_type"],
+            self._if_live(self.values, ["trial_id", "step", "intermediate_value", "intermediate_value_type"]))
+        # (preserve_rowcount: SQLAlchemy reports an INSERT's row count only when asked)
         self._set_value = ins.on_conflict_do_update(
             index_elements=["trial_id", "step"],
             set_={"intermediate_value": ins.excluded.intermediate_value,
-                  "intermediate_value_type": ins.excluded.intermediate_value_type})
+                  "intermediate_value_type": ins.excluded.intermediate_value_type},
+        ).execution_options(preserve_rowcount=True)
+        self._set_param = insert(p).from_select(
+            ["trial_id", "param_name", "param_value", "distribution_json"],
+            self._if_live(p, ["trial_id", "param_name", "param_value", "distribution_json"]),
+        ).on_conflict_do_nothing(index_elements=["trial_id", "param_name"]).execution_options(preserve_rowcount=True)
+        self._study_of: dict[int, int] = {}  # trial id -> study id, for the trials this process wrote
+
+    def _if_live(self, table: Any, cols: list[str]) -> Any:
+        """``SELECT :col, ... FROM trials WHERE trial_id = :trial_id AND state is live``."""
+        import sqlalchemy as sa
+
+        t = self.trials
+        binds = {c: sa.bindparam(c, type_=table.c[c].type) for c in cols}
+        return sa.select(*binds.values()).where(t.c.trial_id == binds["trial_id"],
+                                                t.c.state.in_([TrialState.RUNNING, TrialState.WAITING]))
 
     def __getstate__(self) -> dict[str, Any]:  # storages are pickled; the statements are rebuilt
         return {"backend": self.backend}
@@ -120,11 +140,7 @@ class LeanSQL:
 
         try:
             with self.backend.engine.begin() as con:
-                row = con.execute(self._state, {"trial_id": trial_id}).first()
-                if row is None:
-                    raise KeyError(f"No trial with trial_id {trial_id} exists.")
-                self.backend.check_trial_is_updatable(trial_id, row[0])
-                yield con, row[1]
+                yield con, self._check(con, trial_id)
         except SQLAlchemyError as e:
             raise StorageInternalError(f"writing trial id {trial_id} failed: {type(e).__name__}") from e
 
@@ -139,23 +155,59 @@ class LeanSQL:
     def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
         """Report a running trial's value at ``step`` (a second report of a step replaces it)."""
         stored, kind = self._stored_repr(value)
-        row = {"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind}
-        with self._write(trial_id) as (con, _):
-            con.execute(self._set_value, row)
+        self._write_if_live(self._set_value, {"trial_id": trial_id, "step": step, "intermediate_value": stored,
+                                              "intermediate_value_type": kind})
+
+    def _write_if_live(self, stmt: Any, row: dict[str, Any]) -> None:
+        """Run an insert that writes only to a live trial; if it wrote nothing, raise what
+        Optuna raises (an unknown or finished trial), else it was a repeated write, ignored."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with self.backend.engine.begin() as con:
+                if con.execute(stmt, row).rowcount < 1:
+                    self._check(con, row["trial_id"])
+        except SQLAlchemyError as e:
+            raise StorageInternalError(f"writing trial id {row['trial_id']} failed: {type(e).__name__}") from e
+
+    def _check(self, con: Any, trial_id: int) -> int:
+        """The trial's study id; KeyError / UpdateFinishedTrialError for an unknown / finished trial."""
+        row = con.execute(self._state, {"trial_id": trial_id}).first()
+        if row is None:
+            raise KeyError(f"No trial with trial_id {trial_id} exists.")
+        self.backend.check_trial_is_updatable(trial_id, row[0])
+        self._study_of[trial_id] = row[1]
+        return row[1]
+
+    def note_trial(self, trial_id: int, study_id: int) -> None:
+        """``trial_id`` (just created here) belongs to ``study_id``: its parameters need not look it up."""
+        if len(self._study_of) > 10_000:
+            self._study_of.clear()
+        self._study_of[trial_id] = study_id
 
     def set_trial_param(self, trial_id: int, name: str, value: float, distribution: BaseDistribution) -> None:
         """Record a running trial's parameter, as Optuna does: its distribution must be
         compatible with the one the study's first trial with that parameter stored (read
         once per study and parameter in this process), and a second write of it is ignored."""
-        with self._write(trial_id) as (con, study_id):
-            known = self._known.get((study_id, name))
-            if known is None:
-                stored = con.execute(self._first_param, {"study_id": study_id, "name": name}).scalar()
-                known = distributions.json_to_distribution(stored) if stored is not None else None
-            if known is not None:
-                distributions.check_distribution_compatibility(known, distribution)
-            con.execute(self._set_param, {"trial_id": trial_id, "param_name": name, "param_value": value,
-                                          "distribution_json": distributions.distribution_to_json(distribution)})
+        from sqlalchemy.exc import SQLAlchemyError
+
+        row = {"trial_id": trial_id, "param_name": name, "param_value": value,
+               "distribution_json": distributions.distribution_to_json(distribution)}
+        try:
+            with self.backend.engine.begin() as con:
+                study_id = self._study_of.get(trial_id)
+                if study_id is None:
+                    study_id = self._check(con, trial_id)
+                known = self._known.get((study_id, name))
+                if known is None:
+                    stored = con.execute(self._first_param, {"study_id": study_id, "name": name}).scalar()
+                    known = distributions.json_to_distribution(stored) if stored is not None else None
+                if known is not None:
+                    distributions.check_distribution_compatibility(known, distribution)
+                if con.execute(self._set_param, row).rowcount < 1:
+                    self._check(con, trial_id)  # finished (or gone): Optuna's error; else a repeat, ignored
+        except SQLAlchemyError as e:
+            raise StorageInternalError(f"writing trial id {trial_id} failed: {type(e).__name__}") from e
         self._known.setdefault((study_id, name), known or distribution)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:

@@ -154,6 +154,8 @@ class ResilientStorage(BaseStorage, BaseHeartbeat):
     # -- trials ---------------------------------------------------------------------------
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         tid = self._store.create_new_trial(study_id, template_trial)
+        if self._lean is not None:
+            self._lean.note_trial(tid, study_id)
         if self._finished is not None and template_trial is not None and template_trial.state.is_finished():
             self._finished.touch()
         return tid

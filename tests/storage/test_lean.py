@@ -96,6 +96,10 @@ def test_writes_refuse_what_optuna_refuses(url: str):
         # A compatible one (same choices) is stored as it is.
         t = s.ask()
         assert t.suggest_categorical("c", ["a", "b"]) in ("a", "b")
+        # a second write of a parameter is ignored, as Optuna ignores it (the first value stays)
+        first = storage.get_trial(trial_id(t)).params["c"]
+        storage.set_trial_param(trial_id(t), "c", 1.0 - ["a", "b"].index(first), CategoricalDistribution(["a", "b"]))
+        assert storage.get_trial(trial_id(t)).params["c"] == first
         s.tell(t, 1.0)
         assert s.trials[-1].distributions == {"c": CategoricalDistribution(["a", "b"])}
     finally:
