@@ -93,6 +93,28 @@ class FinishedTrials:
                 return self.store.get_all_trials(study_id, deepcopy=False, states=states)
             return [t for t in s.ordered if t.state in states]
 
+    def get_all_trials_live(self, study_id: int, states: Container[TrialState] | None) -> list[FrozenTrial]:
+        """The study's trials in ``states`` (None: all) with the unfinished ones (RUNNING,
+        WAITING) read now, by number: the finished ones as kept here, the unfinished ones
+        (what changes) loaded in full by ``lean`` in one read, which is what Optuna's cache
+        does on every such call, for a quarter of its CPU. Needs ``lean``."""
+        with self._lock:
+            s = self._studies.get(study_id)
+            if s is None:
+                s = self._studies[study_id] = self._first(study_id)
+            else:
+                self._refresh(study_id, s)  # the set of unfinished trials as it is now
+            s.checked, s.stale = time.monotonic(), False
+            if s.ordered is None:
+                s.ordered = sorted(s.finished.values(), key=lambda t: t.number)
+            done = [t for t in s.ordered if states is None or t.state in states]
+            pending = sorted(s.pending)
+        live = [t for t in self.lean.get_trials(pending) if states is None or t.state in states] if pending else []
+        if not live:
+            return done
+        seen = {trial_id(t) for t in live}
+        return sorted([*live, *(t for t in done if trial_id(t) not in seen)], key=lambda t: t.number)
+
     def _first(self, study_id: int) -> _Study:
         # One bulk read through Optuna's cache (a worker joining a large study pays it once).
         s = _Study()
