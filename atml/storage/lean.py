@@ -133,18 +133,14 @@ class LeanSQL:
         self.__init__(state["backend"])
 
     @contextmanager
-    def _write(self, trial_id: int) -> Iterator[Any]:
-        """One transaction on a trial that must exist and be running (or waiting): yields
-        the connection and the trial's study id.
-
-        Errors as Optuna's: KeyError for an unknown trial, UpdateFinishedTrialError for a
-        finished one, and a database error wrapped in StorageInternalError (its cause kept,
-        so a transient one is still retried)."""
+    def _transaction(self, trial_id: int) -> Iterator[Any]:
+        """One transaction writing to ``trial_id``; a database error comes out wrapped in
+        StorageInternalError, as from Optuna (its cause kept, so a transient one is still retried)."""
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
             with self.backend.engine.begin() as con:
-                yield con, self._check(con, trial_id)
+                yield con
         except SQLAlchemyError as e:
             raise StorageInternalError(f"writing trial id {trial_id} failed: {type(e).__name__}") from e
 
@@ -153,7 +149,8 @@ class LeanSQL:
         if not attrs:
             return
         rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-        with self._write(trial_id) as (con, _):
+        with self._transaction(trial_id) as con:
+            self._check(con, trial_id)
             con.execute(self._set_attrs, rows)
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
@@ -165,14 +162,9 @@ class LeanSQL:
     def _write_if_live(self, stmt: Any, row: dict[str, Any]) -> None:
         """Run an insert that writes only to a live trial; if it wrote nothing, raise what
         Optuna raises (an unknown or finished trial), else it was a repeated write, ignored."""
-        from sqlalchemy.exc import SQLAlchemyError
-
-        try:
-            with self.backend.engine.begin() as con:
-                if con.execute(stmt, row).rowcount < 1:
-                    self._check(con, row["trial_id"])
-        except SQLAlchemyError as e:
-            raise StorageInternalError(f"writing trial id {row['trial_id']} failed: {type(e).__name__}") from e
+        with self._transaction(row["trial_id"]) as con:
+            if con.execute(stmt, row).rowcount < 1:
+                self._check(con, row["trial_id"])
 
     def _check(self, con: Any, trial_id: int) -> int:
         """The trial's study id; KeyError / UpdateFinishedTrialError for an unknown / finished trial."""
@@ -193,25 +185,20 @@ class LeanSQL:
         """Record a running trial's parameter, as Optuna does: its distribution must be
         compatible with the one the study's first trial with that parameter stored (read
         once per study and parameter in this process), and a second write of it is ignored."""
-        from sqlalchemy.exc import SQLAlchemyError
-
         row = {"trial_id": trial_id, "param_name": name, "param_value": value,
                "distribution_json": distributions.distribution_to_json(distribution)}
-        try:
-            with self.backend.engine.begin() as con:
-                study_id = self._study_of.get(trial_id)
-                if study_id is None:
-                    study_id = self._check(con, trial_id)
-                known = self._known.get((study_id, name))
-                if known is None:
-                    stored = con.execute(self._first_param, {"study_id": study_id, "name": name}).scalar()
-                    known = distributions.json_to_distribution(stored) if stored is not None else None
-                if known is not None:
-                    distributions.check_distribution_compatibility(known, distribution)
-                if con.execute(self._set_param, row).rowcount < 1:
-                    self._check(con, trial_id)  # finished (or gone): Optuna's error; else a repeat, ignored
-        except SQLAlchemyError as e:
-            raise StorageInternalError(f"writing trial id {trial_id} failed: {type(e).__name__}") from e
+        with self._transaction(trial_id) as con:
+            study_id = self._study_of.get(trial_id)
+            if study_id is None:
+                study_id = self._check(con, trial_id)
+            known = self._known.get((study_id, name))
+            if known is None:
+                stored = con.execute(self._first_param, {"study_id": study_id, "name": name}).scalar()
+                known = distributions.json_to_distribution(stored) if stored is not None else None
+            if known is not None:
+                distributions.check_distribution_compatibility(known, distribution)
+            if con.execute(self._set_param, row).rowcount < 1:
+                self._check(con, trial_id)  # finished (or gone): Optuna's error; else a repeat, ignored
         self._known.setdefault((study_id, name), known or distribution)
 
     def get_trial(self, trial_id: int) -> FrozenTrial:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 
 import optuna
-import pytest
 import sqlalchemy as sa
 from optuna.distributions import FloatDistribution
 from optuna.storages import RDBStorage
@@ -26,15 +24,6 @@ NOT_RUNNING = [(TrialState.COMPLETE,), (TrialState.COMPLETE, TrialState.PRUNED),
 WITH_RUNNING = [(TrialState.RUNNING,), (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING),
                 (TrialState.RUNNING, TrialState.WAITING)]
 X = {"x": FloatDistribution(0, 1)}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        u = f"sqlite:///{tmp_path / 'atml.db'}"
-        open_storage(u, create=True)
-        return u
-    return request.getfixturevalue("pg_url")
 
 
 def _same(mine: list[optuna.trial.FrozenTrial], raw: list[optuna.trial.FrozenTrial]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from pathlib import Path
 
 import optuna
 import pytest
@@ -21,15 +20,6 @@ from atml.storage.optuna_internals import study_id, study_storage, trial_id
 from atml.storage.resilient import set_trial_user_attrs, study_user_attrs, trial_counts
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        u = f"sqlite:///{tmp_path / 'atml.db'}"
-        open_storage(u, create=True)
-        return u
-    return request.getfixturevalue("pg_url")
 
 
 def _objective(trial: optuna.Trial) -> float:
